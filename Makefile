@@ -1,0 +1,32 @@
+# The two set-up commands: `make run` and `make test`. Both create .venv first.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+PYTHON ?= $(shell devstack/find-python.sh)
+STAMP := $(VENV)/.installed
+
+.PHONY: run test venv bootstrap clean
+
+venv: $(STAMP)
+
+$(STAMP): requirements.txt requirements-dev.txt devstack/find-python.sh
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: no Python 3.13 (or 3.12) found. Install one (e.g. 'pyenv install 3.13.0')" \
+	       "or point at it: make PYTHON=/path/to/python3.13 $(MAKECMDGOALS)" >&2; exit 1; fi
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] >= (3, 12) else \
+	  "error: $(PYTHON) is Python %d.%d; ml-api needs 3.13 (or 3.12), the Lambda runtime it deploys to" % sys.version_info[:2])'
+	$(PYTHON) -m venv --clear $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	touch $(STAMP)
+
+run: venv
+	$(PY) -m devstack.run
+
+test: venv
+	$(PY) -m pytest
+
+bootstrap: venv
+	$(PY) -m devstack.bootstrap
+
+clean:
+	rm -rf $(VENV) .devstack .pytest_cache

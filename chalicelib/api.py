@@ -1,0 +1,113 @@
+"""The HTTP face of the service: the seed's routes, status codes and texts."""
+from __future__ import annotations
+
+import functools
+import logging
+import re
+from typing import Callable
+
+from chalice import Response
+
+from chalicelib import components
+from chalicelib.aws import is_aws_failure
+from chalicelib.csvdata import CsvError
+from chalicelib.logs import log
+from chalicelib.serving import ArtifactMissing
+from chalicelib.service import ModelFailed, ModelNotFound, ModelTraining
+
+# The seed's exact strings: its clients compare them.
+TRAINING_CSV_REQUIRED = (
+    "Please post data in csv format, and make sure the label column is the last column in the csv."
+)
+PREDICT_CSV_REQUIRED = "Please post data in csv format."
+MODEL_NOT_FOUND = (
+    "The model id you supplied either doesn't exist or the model_id provided is wrong."
+)
+TRAINING_STARTED = (
+    "You're model is being trained right now, you can check it's status by hitting "
+    "the check_task endpoint"
+)
+
+# Our ids are model_YYYYmmdd-HHMMSS_<hex>; anything outside this alphabet can't
+# be one and never reaches an S3 key or a DynamoDB lookup.
+_MODEL_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+RETRY_AFTER_SECONDS = 5
+
+# Every content type reaches the handlers so they can answer with the seed's
+# own 415 texts rather than Chalice's generic one.
+ANY_CONTENT_TYPE = ["*/*"]
+
+
+def _text(status: int, body: str, **headers: str) -> Response:
+    return Response(body=body, status_code=status,
+                    headers={"Content-Type": "text/plain; charset=utf-8", **headers})
+
+
+def _json(status: int, body: dict) -> Response:
+    return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
+
+
+def _is_csv(content_type: str | None) -> bool:
+    return (content_type or "").split(";", 1)[0].strip().lower() == "text/csv"
+
+
+def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..., Response]:
+    """AWS trouble (emulator down, throttling, timeouts) becomes a 503 with Retry-After."""
+    @functools.wraps(handler)
+    def wrapper(*args, **kwargs) -> Response:
+        try:
+            return handler(*args, **kwargs)
+        except Exception as error:
+            if not is_aws_failure(error):
+                raise
+            log("aws.unavailable", level=logging.WARNING, handler=handler.__name__,
+                error=f"{type(error).__name__}: {error}")
+            return _text(503, "The model store is unavailable right now; retry later.\n"
+                              f"{type(error).__name__}: {error}",
+                         **{"Retry-After": str(RETRY_AFTER_SECONDS)})
+    return wrapper
+
+
+@_unavailable_on_aws_failure
+def create_model(content_type: str | None, body: bytes) -> Response:
+    if not _is_csv(content_type):
+        return _text(415, TRAINING_CSV_REQUIRED)
+    try:
+        submission = components.service().submit(body)
+    except CsvError as error:
+        return _text(415, f"{TRAINING_CSV_REQUIRED}\n{error}")
+    return _json(201, {"message": TRAINING_STARTED, "model_id": submission.model_id,
+                       "task_id": submission.task_id})
+
+
+@_unavailable_on_aws_failure
+def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
+    if not _is_csv(content_type):
+        return _text(415, PREDICT_CSV_REQUIRED)
+    if not _MODEL_ID.fullmatch(model_id):
+        return _text(404, MODEL_NOT_FOUND)
+    try:
+        answer = components.service().predict(model_id, body)
+    except ModelNotFound:
+        return _text(404, MODEL_NOT_FOUND)
+    except ModelTraining:
+        return _json(200, {"status": "Model is Training"})
+    except ModelFailed as error:
+        return _json(409, {"status": "Training Failed", "error": str(error)})
+    except CsvError as error:
+        return _text(415, f"{PREDICT_CSV_REQUIRED}\n{error}")
+    except ArtifactMissing:
+        return _text(409, f"Model {model_id} is marked ready but its artifact is missing "
+                          "from storage; train it again.")
+    return _json(202, answer)
+
+
+@_unavailable_on_aws_failure
+def model_status(model_id: str) -> Response:
+    if not _MODEL_ID.fullmatch(model_id):
+        return _text(404, MODEL_NOT_FOUND)
+    try:
+        record = components.service().record(model_id)
+    except ModelNotFound:
+        return _text(404, MODEL_NOT_FOUND)
+    return _json(200, record.public())

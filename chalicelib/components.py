@@ -1,0 +1,50 @@
+"""Builds each component once per Lambda container from the stage's settings."""
+from __future__ import annotations
+
+import functools
+
+from chalicelib import aws
+from chalicelib.config import Settings
+from chalicelib.queue import TrainingQueue
+from chalicelib.registry import ModelRegistry
+from chalicelib.serving import Predictor
+from chalicelib.service import ModelService
+from chalicelib.storage import ArtifactStore
+from chalicelib.training import Trainer
+
+
+@functools.cache
+def settings() -> Settings:
+    return Settings.from_env()
+
+
+@functools.cache
+def registry() -> ModelRegistry:
+    return ModelRegistry(aws.resource("dynamodb").Table(settings().table))
+
+
+@functools.cache
+def store() -> ArtifactStore:
+    return ArtifactStore(aws.client("s3"), settings().bucket)
+
+
+@functools.cache
+def service() -> ModelService:
+    return ModelService(
+        registry=registry(),
+        store=store(),
+        queue=TrainingQueue(aws.client("sqs"), settings().queue),
+        predictor=Predictor(store(), settings().model_cache_size),
+    )
+
+
+@functools.cache
+def trainer() -> Trainer:
+    return Trainer(registry(), store(), settings().max_receives)
+
+
+def reset() -> None:
+    """Forgets every built component (tests switch endpoints between cases)."""
+    for getter in (settings, registry, store, service, trainer,
+                   aws.client, aws.resource, aws._session):
+        getter.cache_clear()

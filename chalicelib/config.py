@@ -1,0 +1,41 @@
+"""Settings read from the environment that `.chalice/config.json` sets per stage.
+
+Every name here has a default so that the app imports with no environment at
+all (chalice package/deploy import app.py to find its handlers).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+DEFAULT_BUCKET = "ml-api-dev-models"
+DEFAULT_TABLE = "ml-api-dev-models"
+DEFAULT_QUEUE = "ml-api-dev-training"
+
+# Read at import time because @app.on_sqs_message needs the queue name when
+# Chalice builds the deployment; keep it equal to the stage's TRAINING_QUEUE.
+TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    bucket: str
+    table: str
+    queue: str
+    dead_letter_queue: str
+    # SQS moves a message to the dead-letter queue after this many receives;
+    # the trainer marks the model failed on the last one.
+    max_receives: int
+    model_cache_size: int
+
+    @classmethod
+    def from_env(cls) -> "Settings":
+        queue = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
+        return cls(
+            bucket=os.environ.get("MODELS_BUCKET", DEFAULT_BUCKET),
+            table=os.environ.get("MODELS_TABLE", DEFAULT_TABLE),
+            queue=queue,
+            dead_letter_queue=os.environ.get("TRAINING_DLQ", queue + "-dlq"),
+            max_receives=int(os.environ.get("TRAINING_MAX_RECEIVES", "3")),
+            model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
+        )

@@ -1,0 +1,133 @@
+"""The one CSV parser: training data (features + label last) and feature rows.
+
+Errors name the row (1-based line of the body) and column and say what was
+expected, so a client can fix its file without guessing.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+Label = int | float | str
+
+
+class CsvError(ValueError):
+    """The body is not usable data; the message says why."""
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    features: np.ndarray  # (n_rows, n_features) float64
+    labels: list[Label]
+    classes: list[Label]  # sorted, with the type they had in the CSV
+
+    @property
+    def n_rows(self) -> int:
+        return self.features.shape[0]
+
+    @property
+    def n_features(self) -> int:
+        return self.features.shape[1]
+
+
+def _rows(body: bytes) -> Iterator[tuple[int, list[str]]]:
+    """Yields (line number, fields) for every non-blank line."""
+    if not body or not body.strip():
+        raise CsvError("the body is empty")
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CsvError(f"the body is not UTF-8 text (byte {error.start} is invalid)") from None
+    if "\x00" in text:
+        raise CsvError("the body contains a NUL byte; it is not CSV text")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as error:
+            raise CsvError(f"row {reader.line_num}: {error}") from None
+        if not fields or all(not field.strip() for field in fields):
+            continue
+        yield reader.line_num, fields
+
+
+def _show(value: str) -> str:
+    return repr(value if len(value) <= 40 else value[:37] + "...")
+
+
+def _number(value: str, row: int, column: int) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        if not value.strip():
+            raise CsvError(f"row {row}, column {column}: the value is missing") from None
+        hint = " (the CSV must not have a header row)" if row == 1 else ""
+        raise CsvError(f"row {row}, column {column}: {_show(value)} is not a number{hint}") from None
+    if not math.isfinite(number):
+        raise CsvError(f"row {row}, column {column}: {_show(value)} is not a finite number")
+    return number
+
+
+def _typed_labels(raw: list[str]) -> list[Label]:
+    """Labels keep the type they had: all integers, else all numbers, else text."""
+    try:
+        return [int(label) for label in raw]
+    except ValueError:
+        pass
+    try:
+        numbers = [float(label) for label in raw]
+    except ValueError:
+        return raw
+    return numbers if all(math.isfinite(n) for n in numbers) else raw
+
+
+def parse_training(body: bytes) -> TrainingData:
+    features: list[list[float]] = []
+    raw_labels: list[str] = []
+    width = None
+    for row, fields in _rows(body):
+        if width is None:
+            width = len(fields)
+            if width < 2:
+                raise CsvError(
+                    f"row {row} has 1 value; expected at least one feature and the label"
+                )
+        elif len(fields) != width:
+            raise CsvError(f"row {row} has {len(fields)} values, expected {width}")
+        features.append([_number(v, row, col) for col, v in enumerate(fields[:-1], start=1)])
+        label = fields[-1].strip()
+        if not label:
+            raise CsvError(f"row {row}, column {width}: the label is missing")
+        raw_labels.append(label)
+    if width is None:
+        raise CsvError("the body is empty")
+    labels = _typed_labels(raw_labels)
+    classes = sorted(set(labels))
+    if len(classes) < 2:
+        raise CsvError(
+            f"all {len(labels)} rows have the label {classes[0]!r}; "
+            "training needs at least 2 classes"
+        )
+    return TrainingData(np.array(features, dtype=np.float64), labels, classes)
+
+
+def parse_features(body: bytes, n_features: int) -> np.ndarray:
+    """Feature rows to predict on: exactly n_features numbers a row, no label."""
+    rows: list[list[float]] = []
+    for row, fields in _rows(body):
+        if len(fields) != n_features:
+            raise CsvError(
+                f"row {row} has {len(fields)} values, but the model expects "
+                f"{n_features} features (send the features only, no label)"
+            )
+        rows.append([_number(v, row, col) for col, v in enumerate(fields, start=1)])
+    if not rows:
+        raise CsvError("the body is empty")
+    return np.array(rows, dtype=np.float64)

@@ -1,0 +1,98 @@
+"""What the API does, independent of HTTP: submit, look up, predict."""
+from __future__ import annotations
+
+import contextlib
+import logging
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+
+from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.logs import log
+from chalicelib.queue import TrainingMessage, TrainingQueue
+from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
+from chalicelib.serving import Predictor
+from chalicelib.storage import ArtifactStore
+
+
+class ModelNotFound(Exception):
+    pass
+
+
+class ModelTraining(Exception):
+    pass
+
+
+class ModelFailed(Exception):
+    """Training failed; str() is the reason."""
+
+
+@dataclass(frozen=True)
+class Submission:
+    model_id: str
+    task_id: str
+
+
+def new_model_id() -> str:
+    # Readable like the seed's ids, unique thanks to 48 random bits.
+    return time.strftime("model_%Y%m%d-%H%M%S", time.gmtime()) + "_" + secrets.token_hex(6)
+
+
+class ModelService:
+    def __init__(self, registry: ModelRegistry, store: ArtifactStore,
+                 queue: TrainingQueue, predictor: Predictor):
+        self._registry = registry
+        self._store = store
+        self._queue = queue
+        self._predictor = predictor
+
+    def submit(self, body: bytes) -> Submission:
+        """Validates the CSV, stores it, registers the model, enqueues training.
+
+        Raises CsvError for bad data (nothing stored). If AWS fails part-way,
+        what was written is removed again and the error propagates.
+        """
+        data = parse_training(body)
+        model_id, task_id = new_model_id(), str(uuid.uuid4())
+        key = self._store.put_dataset(model_id, body)
+        record = ModelRecord(model_id=model_id, task_id=task_id, status=Status.SUBMITTING,
+                             created_at=now_iso(), n_rows=data.n_rows,
+                             n_features=data.n_features, dataset_key=key)
+        try:
+            if not self._registry.create(record):
+                raise RuntimeError(f"model id {model_id} is already taken")
+            self._queue.send(TrainingMessage(model_id, key, task_id))
+        except Exception:
+            self._undo_submission(model_id)
+            raise
+        try:
+            self._registry.mark_queued(model_id)
+        except Exception as error:
+            # The message is on its way; the trainer moves the status along.
+            log("submit.mark_queued_failed", level=logging.WARNING, model_id=model_id,
+                task_id=task_id, error=str(error))
+        log("submit.queued", model_id=model_id, task_id=task_id, n_rows=data.n_rows)
+        return Submission(model_id, task_id)
+
+    def _undo_submission(self, model_id: str) -> None:
+        # Best effort: an item left behind stays SUBMITTING, which clients never see.
+        with contextlib.suppress(Exception):
+            self._registry.delete(model_id)
+        with contextlib.suppress(Exception):
+            self._store.delete_dataset(model_id)
+
+    def record(self, model_id: str) -> ModelRecord:
+        record = self._registry.get(model_id)
+        if record is None or not record.visible:
+            raise ModelNotFound(model_id)
+        return record
+
+    def predict(self, model_id: str, body: bytes) -> dict:
+        record = self.record(model_id)
+        if record.status == Status.FAILED:
+            raise ModelFailed(record.error or "unknown error")
+        if record.status != Status.READY:
+            raise ModelTraining(model_id)
+        features = parse_features(body, record.n_features)
+        return self._predictor.predict(model_id, features)

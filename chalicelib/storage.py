@@ -1,0 +1,47 @@
+"""S3 artifacts: the one place that knows the key layout."""
+from __future__ import annotations
+
+from botocore.exceptions import ClientError
+
+
+def dataset_key(model_id: str) -> str:
+    return f"datasets/{model_id}.csv"
+
+
+def model_key(model_id: str) -> str:
+    return f"models/{model_id}/model.pkl"
+
+
+class ArtifactStore:
+    def __init__(self, s3, bucket: str):
+        self._s3 = s3  # a boto3 S3 client
+        self._bucket = bucket
+
+    def put_dataset(self, model_id: str, body: bytes) -> str:
+        key = dataset_key(model_id)
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="text/csv")
+        return key
+
+    def get_dataset(self, key: str) -> bytes:
+        return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+
+    def delete_dataset(self, model_id: str) -> None:
+        self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
+
+    def put_model(self, model_id: str, blob: bytes) -> None:
+        # A single PUT is atomic in S3: readers see the whole object or none.
+        self._s3.put_object(
+            Bucket=self._bucket,
+            Key=model_key(model_id),
+            Body=blob,
+            ContentType="application/octet-stream",
+        )
+
+    def get_model(self, model_id: str) -> bytes | None:
+        try:
+            response = self._s3.get_object(Bucket=self._bucket, Key=model_key(model_id))
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+        return response["Body"].read()

@@ -1,0 +1,78 @@
+"""The trainer: turns a training message into a pickled scikit-learn pipeline.
+
+scikit-learn is imported lazily: importing it costs seconds, and only the
+trainer (and unpickling a model) needs it.
+"""
+from __future__ import annotations
+
+import logging
+import pickle
+import time
+
+from chalicelib.csvdata import CsvError, TrainingData, parse_training
+from chalicelib.logs import log
+from chalicelib.queue import TrainingMessage
+from chalicelib.registry import ModelRegistry, Status
+from chalicelib.storage import ArtifactStore
+
+
+def fit_pipeline(data: TrainingData):
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    # The scaler is fitted here and stored with the model, so predictions are
+    # scaled with the training statistics (the seed re-scaled every predict
+    # batch on its own statistics, which made single-row answers meaningless).
+    pipeline = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(max_iter=1000))])
+    pipeline.fit(data.features, np.asarray(data.labels))
+    return pipeline
+
+
+class Trainer:
+    def __init__(self, registry: ModelRegistry, store: ArtifactStore, max_receives: int):
+        self._registry = registry
+        self._store = store
+        self._max_receives = max_receives
+
+    def handle(self, message: TrainingMessage, receive_count: int = 1) -> str:
+        """Trains the message's model; returns what happened.
+
+        Errors in the data mark the model failed and return. Anything else
+        (AWS trouble, a crash) propagates so SQS delivers the message again; on
+        the last receive before the dead-letter queue the model is marked failed.
+        """
+        ids = {"model_id": message.model_id, "task_id": message.task_id}
+        record = self._registry.get(message.model_id)
+        if record is None:
+            log("training.skipped", reason="no such model", **ids)
+            return "unknown model"
+        if record.status in (Status.READY, Status.FAILED):
+            log("training.skipped", reason=f"model is already {record.status}", **ids)
+            return "already done"
+        if not self._registry.start_training(message.model_id):
+            log("training.skipped", reason="status changed concurrently", **ids)
+            return "already done"
+        log("training.started", receive_count=receive_count, **ids)
+        started = time.perf_counter()
+        try:
+            data = parse_training(self._store.get_dataset(message.dataset_key))
+            pipeline = fit_pipeline(data)
+        except (CsvError, ValueError) as error:
+            self._registry.mark_failed(message.model_id, str(error))
+            log("training.failed", level=logging.WARNING, error=str(error), **ids)
+            return "failed"
+        except Exception as error:
+            if receive_count >= self._max_receives:
+                reason = (f"training failed {receive_count} times; last error: "
+                          f"{type(error).__name__}: {error}")
+                self._registry.mark_failed(message.model_id, reason)
+            log("training.error", level=logging.ERROR, receive_count=receive_count,
+                error=f"{type(error).__name__}: {error}", **ids)
+            raise
+        self._store.put_model(message.model_id, pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+        self._registry.mark_ready(message.model_id, data.classes)
+        log("training.ready", seconds=round(time.perf_counter() - started, 3),
+            n_rows=data.n_rows, **ids)
+        return "ready"

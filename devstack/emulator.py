@@ -1,0 +1,68 @@
+"""The embedded AWS emulator: moto's server on 127.0.0.1, as its own process so
+restarting the API keeps the models. Its state lives in memory.
+
+    python -m devstack.emulator [--port 4566]
+"""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+
+
+def answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether something accepts TCP connections there."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def describe(endpoint: str) -> str:
+    """Names the emulator behind an endpoint: LocalStack has a health route."""
+    try:
+        with urllib.request.urlopen(endpoint + "/_localstack/health", timeout=2) as reply:
+            if reply.status == 200:
+                return "LocalStack"
+    except (urllib.error.URLError, OSError, ValueError):
+        pass
+    return "an AWS emulator (moto server or compatible)"
+
+
+def start_moto(host: str, port: int, log_path: str = os.devnull,
+               timeout: float = 30.0) -> subprocess.Popen:
+    """Starts moto's server, logging to log_path, and waits until it answers."""
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT,
+        )
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"moto server exited with code {process.returncode}; "
+                               f"see {log_path}")
+        if answers(host, port):
+            return process
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError(f"moto server did not answer on {host}:{port} within {timeout:.0f} s")
+
+
+if __name__ == "__main__":
+    import argparse
+
+    parser = argparse.ArgumentParser(description="Run moto's server on 127.0.0.1.")
+    parser.add_argument("--port", type=int, default=4566)
+    args = parser.parse_args()
+    moto = start_moto("127.0.0.1", args.port)
+    print(f"moto server on http://127.0.0.1:{args.port}", flush=True)
+    try:
+        moto.wait()
+    except KeyboardInterrupt:
+        moto.terminate()

@@ -1,0 +1,116 @@
+"""`make run`: the whole stack on this machine.
+
+Starts moto's server on 127.0.0.1:4566 (or uses whatever AWS emulator already
+answers there, e.g. LocalStack), creates the bucket, table and queues, then
+runs the API server and the SQS event-source runner. Ctrl-C stops everything
+this started.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import boto3
+
+from chalicelib.config import Settings
+from devstack import bootstrap, emulator, stage
+
+HOST = "127.0.0.1"
+
+
+def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise SystemExit(f"{what} exited with code {process.returncode} before it answered")
+        if emulator.answers(HOST, port):
+            return
+        time.sleep(0.1)
+    raise SystemExit(f"{what} did not answer on {HOST}:{port} within {timeout:.0f} s")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    for process in reversed(processes):
+        if process.poll() is None:
+            process.terminate()
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")),
+                        help="API port (PORT)")
+    parser.add_argument("--emulator-port", type=int,
+                        default=int(os.environ.get("EMULATOR_PORT", stage.DEFAULT_EMULATOR_PORT)))
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("RUNNER_WORKERS", "1")),
+                        help="training messages processed at once")
+    parser.add_argument("--visibility-timeout", type=int,
+                        default=int(os.environ.get("TRAINING_VISIBILITY_TIMEOUT", "60")),
+                        help="seconds before an unfinished training message is redelivered")
+    parser.add_argument("--log-dir", default=os.environ.get("DEVSTACK_LOG_DIR", ".devstack"))
+    args = parser.parse_args()
+
+    if emulator.answers(HOST, args.port):
+        raise SystemExit(f"port {args.port} is already in use; set PORT to serve the API elsewhere")
+    log_dir = Path(args.log_dir)
+    log_dir.mkdir(parents=True, exist_ok=True)
+    endpoint = f"http://{HOST}:{args.emulator_port}"
+    processes: list[subprocess.Popen] = []
+    stopping = False
+
+    def on_signal(signum, frame):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        if emulator.answers(HOST, args.emulator_port):
+            print(f"Emulator: {endpoint} (already running: {emulator.describe(endpoint)})",
+                  flush=True)
+        else:
+            moto_log = log_dir / "moto.log"
+            processes.append(emulator.start_moto(HOST, args.emulator_port, str(moto_log)))
+            print(f"Emulator: {endpoint} (moto server started here; state in memory, "
+                  f"log {moto_log})", flush=True)
+        stage.apply(args.stage, endpoint)
+        settings = Settings.from_env()
+        bootstrap.bootstrap(boto3.session.Session(), settings, args.visibility_timeout)
+        print(f"Resources: bucket {settings.bucket}, table {settings.table}, "
+              f"queue {settings.queue} (dead letters: {settings.dead_letter_queue})", flush=True)
+
+        python = [sys.executable, "-m"]
+        common = ["--stage", args.stage]
+        processes.append(subprocess.Popen(
+            python + ["devstack.sqs_runner", *common, "--workers", str(args.workers)],
+            cwd=stage.PROJECT_DIR))
+        api = subprocess.Popen(python + ["devstack.server", *common, "--port", str(args.port)],
+                               cwd=stage.PROJECT_DIR, stdout=subprocess.DEVNULL)
+        processes.append(api)
+        _wait_for_port(args.port, api, "the API server")
+        print(f"API: http://{HOST}:{args.port}  (Ctrl-C stops everything)", flush=True)
+        while not stopping:
+            for process in processes:
+                if process.poll() is not None:
+                    print(f"{process.args[2:4]} exited with code {process.returncode}; "
+                          "stopping", file=sys.stderr, flush=True)
+                    stopping = True
+            time.sleep(0.2)
+    finally:
+        _stop(processes)
+        print("stopped", flush=True)
+
+
+if __name__ == "__main__":
+    main()

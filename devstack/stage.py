@@ -1,0 +1,32 @@
+"""Environment for running the app outside Lambda: the stage's variables from
+.chalice/config.json and the emulator endpoint."""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+DEFAULT_EMULATOR_PORT = 4566
+
+
+def stage_environment(stage: str = "dev") -> dict[str, str]:
+    config = json.loads((PROJECT_DIR / ".chalice" / "config.json").read_text())
+    if stage not in config.get("stages", {}):
+        raise SystemExit(f"stage {stage!r} is not in .chalice/config.json")
+    env = dict(config.get("environment_variables", {}))
+    env.update(config["stages"][stage].get("environment_variables", {}))
+    return env
+
+
+def apply(stage: str = "dev", endpoint: str | None = None) -> None:
+    """Sets what the app reads, keeping anything the caller already set."""
+    for name, value in stage_environment(stage).items():
+        os.environ.setdefault(name, value)
+    if endpoint:
+        os.environ["AWS_ENDPOINT_URL"] = endpoint
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        # Emulators accept any credentials; never send real ones to them.
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
