@@ -1,0 +1,40 @@
+"""Shared fixtures: moto's in-process AWS for fast unit tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from chalicelib import components
+from chalicelib.config import Settings
+from devstack import bootstrap, stage
+
+REPO = Path(__file__).resolve().parent.parent
+IRIS = (REPO / "iris.csv").read_bytes()
+
+
+@pytest.fixture
+def aws(monkeypatch):
+    """moto's in-process mocks with the dev stage's resources created."""
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    for name, value in stage.stage_environment("dev").items():
+        monkeypatch.setenv(name, value)
+    with mock_aws():
+        components.reset()
+        session = boto3.session.Session()
+        bootstrap.bootstrap(session, Settings.from_env(), visibility_timeout=30)
+        yield session
+    components.reset()
+
+
+def queue_messages(session, queue_name: str) -> list[dict]:
+    sqs = session.client("sqs")
+    url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
+    return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
+                               AttributeNames=["All"]).get("Messages", [])

@@ -1,0 +1,109 @@
+"""Local tooling: bootstrap, the SQS event-source runner, the interpreter finder."""
+import json
+import subprocess
+import threading
+
+import pytest
+
+from chalicelib import components
+from devstack import bootstrap, stage
+from devstack.sqs_runner import SqsEventSourceRunner
+
+
+def test_bootstrap_is_idempotent_and_wires_the_dead_letter_queue(aws):
+    settings = components.settings()
+    bootstrap.bootstrap(aws, settings, visibility_timeout=45)  # second run: no error
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    assert attributes["VisibilityTimeout"] == "45"
+    policy = json.loads(attributes["RedrivePolicy"])
+    assert policy["deadLetterTargetArn"].endswith(":" + settings.dead_letter_queue)
+    assert int(policy["maxReceiveCount"]) == settings.max_receives == 3
+    assert aws.client("dynamodb").describe_table(
+        TableName=settings.table)["Table"]["TableStatus"] == "ACTIVE"
+    block = aws.client("s3").get_public_access_block(Bucket=settings.bucket)
+    assert all(block["PublicAccessBlockConfiguration"].values())
+
+
+def _runner(aws, handler, visibility_timeout=30):
+    sqs = aws.client("sqs")
+    url = sqs.get_queue_url(QueueName=components.settings().queue)["QueueUrl"]
+    sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(visibility_timeout)})
+    return sqs, url, SqsEventSourceRunner(sqs, url, handler, function_name="ml-api-dev-train_model",
+                                          wait_seconds=0)
+
+
+def _count(sqs, url):
+    attributes = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["All"])["Attributes"]
+    return (int(attributes["ApproximateNumberOfMessages"])
+            + int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def test_runner_builds_the_lambda_event_and_deletes_on_success(aws):
+    seen = []
+    sqs, url, runner = _runner(aws, lambda event, context: seen.append((event, context)))
+    sqs.send_message(QueueUrl=url, MessageBody='{"hello": 1}',
+                     MessageAttributes={"kind": {"DataType": "String", "StringValue": "x"}})
+    assert runner.poll_once() == 1
+    [(event, context)] = seen
+    [record] = event["Records"]
+    assert record["body"] == '{"hello": 1}'
+    assert record["eventSource"] == "aws:sqs"
+    assert record["eventSourceARN"].endswith(":" + components.settings().queue)
+    assert record["attributes"]["ApproximateReceiveCount"] == "1"
+    assert record["messageAttributes"]["kind"]["stringValue"] == "x"
+    assert {"messageId", "receiptHandle", "md5OfBody", "awsRegion"} <= set(record)
+    assert context.get_remaining_time_in_millis() > 0
+    assert _count(sqs, url) == 0
+
+
+def test_failing_message_is_redelivered_then_dead_lettered(aws):
+    receive_counts = []
+
+    def failing(event, context):
+        receive_counts.append(event["Records"][0]["attributes"]["ApproximateReceiveCount"])
+        raise RuntimeError("boom")
+
+    sqs, url, runner = _runner(aws, failing, visibility_timeout=0)
+    sqs.send_message(QueueUrl=url, MessageBody="{}")
+    for _ in range(5):
+        runner.poll_once()
+    assert receive_counts == ["1", "2", "3"]
+    dlq = sqs.get_queue_url(QueueName=components.settings().dead_letter_queue)["QueueUrl"]
+    [dead] = sqs.receive_message(QueueUrl=dlq).get("Messages", [])
+    assert dead["Body"] == "{}"
+
+
+def test_runner_trains_through_the_real_chalice_handler(aws):
+    from app import train_model
+
+    submission = components.service().submit(b"1,a\n2,a\n3,b\n4,b\n")
+    _, _, runner = _runner(aws, train_model)
+    assert runner.poll_once() == 1
+    assert components.registry().get(submission.model_id).status == "READY"
+
+
+def test_run_stops_when_asked(aws):
+    _, _, runner = _runner(aws, lambda event, context: None)
+    stop = threading.Event()
+    thread = threading.Thread(target=runner.run, args=(stop, 2))
+    thread.start()
+    stop.set()
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def test_find_python_prints_a_312_or_313_interpreter():
+    path = subprocess.run([str(stage.PROJECT_DIR / "devstack" / "find-python.sh")],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    version = subprocess.run([path, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert version in ("(3, 13)", "(3, 12)")
+
+
+def test_stage_environment_reads_chalice_config():
+    env = stage.stage_environment("prod")
+    assert env["TRAINING_QUEUE"] == "ml-api-prod-training"
+    with pytest.raises(SystemExit, match="stage 'nope'"):
+        stage.stage_environment("nope")
