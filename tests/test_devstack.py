@@ -1,5 +1,6 @@
 """Local tooling: bootstrap, the SQS event-source runner, the interpreter finder."""
 import json
+import shutil
 import subprocess
 import threading
 
@@ -107,3 +108,24 @@ def test_stage_environment_reads_chalice_config():
     assert env["TRAINING_QUEUE"] == "ml-api-prod-training"
     with pytest.raises(SystemExit, match="stage 'nope'"):
         stage.stage_environment("nope")
+
+
+@pytest.mark.parametrize("python, message", [
+    ("python3.11", "is Python 3.11; ml-api needs 3.13"),
+    ("/nonexistent/python3.13", "PYTHON=/nonexistent/python3.13 is not a program"),
+])
+def test_make_refuses_an_unusable_python_with_a_clear_message(tmp_path, python, message):
+    if "/" not in python:
+        found = subprocess.run(["sh", "-c", f"command -v {python} && {python} -V"],
+                               capture_output=True, text=True)
+        if found.returncode != 0:
+            pytest.skip(f"no working {python} here")
+    for name in ("Makefile", "requirements.txt", "requirements-dev.txt"):
+        shutil.copy(stage.PROJECT_DIR / name, tmp_path / name)
+    (tmp_path / "devstack").mkdir()
+    shutil.copy(stage.PROJECT_DIR / "devstack" / "find-python.sh", tmp_path / "devstack")
+    result = subprocess.run(["make", "venv", f"PYTHON={python}"], cwd=tmp_path,
+                            capture_output=True, text=True)
+    assert result.returncode != 0
+    assert message in result.stderr
+    assert not (tmp_path / ".venv").exists()
