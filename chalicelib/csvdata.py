@@ -75,12 +75,18 @@ def _number(value: str, row: int, column: int) -> float:
     return number
 
 
+_INT64 = range(-(2**63), 2**63)
+
+
 def _typed_labels(raw: list[str]) -> list[Label]:
     """Labels keep the type they had: all integers, else all numbers, else text."""
     try:
-        return [int(label) for label in raw]
+        integers = [int(label) for label in raw]
     except ValueError:
         pass
+    else:
+        # Beyond int64 numpy (and so scikit-learn) cannot hold them as numbers.
+        return integers if all(i in _INT64 for i in integers) else raw
     try:
         numbers = [float(label) for label in raw]
     except ValueError:
@@ -115,7 +121,20 @@ def parse_training(body: bytes) -> TrainingData:
             f"all {len(labels)} rows have the label {classes[0]!r}; "
             "training needs at least 2 classes"
         )
-    return TrainingData(np.array(features, dtype=np.float64), labels, classes)
+    matrix = np.array(features, dtype=np.float64)
+    _check_scalable(matrix)
+    return TrainingData(matrix, labels, classes)
+
+
+def _check_scalable(features: np.ndarray) -> None:
+    """Standard scaling squares the values; finite inputs can still overflow."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        variance = features.var(axis=0)
+    for column in np.flatnonzero(~np.isfinite(variance)):
+        raise CsvError(
+            f"column {column + 1}: the values are too large to scale (their variance "
+            "overflows 64-bit floats); divide the column by a constant first"
+        )
 
 
 def parse_features(body: bytes, n_features: int) -> np.ndarray:

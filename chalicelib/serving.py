@@ -10,6 +10,7 @@ import pickle
 
 import numpy as np
 
+from chalicelib.csvdata import CsvError
 from chalicelib.storage import ArtifactStore
 
 
@@ -30,7 +31,12 @@ class Predictor:
 
     def predict(self, model_id: str, features: np.ndarray) -> dict:
         model = self._model(model_id)
-        probabilities = model.predict_proba(features)
+        try:
+            probabilities = model.predict_proba(features)
+        except ValueError:
+            # Finite inputs that overflow once scaled with the training statistics.
+            raise CsvError("the feature values are too large for this model "
+                           "(scaling them overflows 64-bit floats)") from None
         # For logistic regression the class with the highest probability is
         # exactly what predict() returns; computing it here saves a second pass.
         predictions = model.classes_.take(probabilities.argmax(axis=1))

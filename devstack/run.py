@@ -35,10 +35,10 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
+    """Stops in reverse start order: the API and runner before the emulator."""
     for process in reversed(processes):
         if process.poll() is None:
             process.terminate()
-    for process in reversed(processes):
         try:
             process.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -96,7 +96,7 @@ def main() -> None:
             python + ["devstack.sqs_runner", *common, "--workers", str(args.workers)],
             cwd=stage.PROJECT_DIR))
         api = subprocess.Popen(python + ["devstack.server", *common, "--port", str(args.port)],
-                               cwd=stage.PROJECT_DIR, stdout=subprocess.DEVNULL)
+                               cwd=stage.PROJECT_DIR)
         processes.append(api)
         _wait_for_port(args.port, api, "the API server")
         print(f"API: http://{HOST}:{args.port}  (Ctrl-C stops everything)", flush=True)

@@ -65,3 +65,13 @@ def test_bad_feature_rows(body, reason):
     with pytest.raises(CsvError) as error:
         parse_features(body, 2)
     assert str(error.value) == reason
+
+
+def test_labels_beyond_int64_stay_text():
+    data = parse_training(b"1,99999999999999999999\n2,1\n")
+    assert data.classes == ["1", "99999999999999999999"]
+
+
+def test_values_whose_variance_overflows_are_rejected():
+    with pytest.raises(CsvError, match=r"^column 2: the values are too large to scale"):
+        parse_training(b"1,1e308,a\n2,-1e308,b\n")
