@@ -1,0 +1,639 @@
+"""End to end: the whole local stack, started the way `make run` starts it
+(moto's server, the resources, the API server and the SQS runner), exercised
+over real HTTP. AWS state is read and written through boto3 pointed at the
+emulator only where a test needs to look behind the API.
+
+The stack starts once for the module; every wait is bounded.
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import boto3
+import pytest
+import requests
+from botocore.config import Config
+from botocore.exceptions import ClientError
+
+from chalicelib.queue import TrainingMessage
+from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
+from chalicelib.service import new_model_id
+from chalicelib.storage import dataset_key, model_key
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+IRIS = (REPO / "iris.csv").read_bytes()
+IRIS_ROWS = [line.split(",") for line in IRIS.decode().splitlines() if line.strip()]
+
+_CONFIG = json.loads((REPO / ".chalice" / "config.json").read_text())
+_DEV = _CONFIG["stages"]["dev"]["environment_variables"]
+BUCKET = _DEV["MODELS_BUCKET"]
+TABLE = _DEV["MODELS_TABLE"]
+QUEUE = _DEV["TRAINING_QUEUE"]
+DLQ = _DEV["TRAINING_DLQ"]
+REGION = "us-east-1"
+
+# The seed's texts: clients compare them, so they are spelled out here rather
+# than imported from the code under test.
+TRAINING_CSV_REQUIRED = ("Please post data in csv format, and make sure the label column "
+                         "is the last column in the csv.")
+PREDICT_CSV_REQUIRED = "Please post data in csv format."
+MODEL_NOT_FOUND = ("The model id you supplied either doesn't exist or the model_id "
+                   "provided is wrong.")
+TRAINING_STARTED = ("You're model is being trained right now, you can check it's status "
+                    "by hitting the check_task endpoint")
+TRAINING = "Model is Training"
+READY = "Ready to Use"
+FAILED = "Training Failed"
+
+CSV = {"Content-Type": "text/csv"}
+HTTP_TIMEOUT = 30
+STARTUP_TIMEOUT = 60
+SHUTDOWN_TIMEOUT = 20
+TRAINING_TIMEOUT = 60
+QUEUE_DRAIN_TIMEOUT = 30
+UNKNOWN_ID = "model_20000101-000000_000000000000"  # well-formed, never issued
+
+
+# --- the stack ------------------------------------------------------------------
+
+def _free_ports(count: int) -> list[int]:
+    """Ports the kernel hands out on 127.0.0.1, all held until all are picked
+    so that they differ."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def _accepts(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _tail(path: Path, limit: int = 6000) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return f"({path} is missing)"
+    return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+@dataclass
+class Stack:
+    api: str
+    endpoint: str
+    api_port: int
+    emulator_port: int
+    log_dir: Path
+    process: subprocess.Popen
+    http: requests.Session
+    s3: object
+    sqs: object
+    dynamodb: object
+
+    @property
+    def output_path(self) -> Path:
+        return self.log_dir / "stack.log"
+
+    def output(self) -> str:
+        """The stack's own output and the emulator's log, for failure messages."""
+        return (f"--- devstack.run output ({self.output_path}) ---\n{_tail(self.output_path)}\n"
+                f"--- moto log ---\n{_tail(self.log_dir / 'moto.log', 2000)}")
+
+    @property
+    def table(self):
+        return self.dynamodb.Table(TABLE)
+
+    def queue_url(self, name: str = QUEUE) -> str:
+        return self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
+
+
+def _stage_variable_names() -> set[str]:
+    names = set(_CONFIG.get("environment_variables", {}))
+    for stage in _CONFIG["stages"].values():
+        names.update(stage.get("environment_variables", {}))
+    return names
+
+
+def _stack_environment(log_dir: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    env.pop("PORT", None)
+    env.pop("EMULATOR_PORT", None)
+    env["DEVSTACK_LOG_DIR"] = str(log_dir)
+    # The stack must use .chalice/config.json's names (which this file reads)
+    # and the emulator's region; a developer's shell must not redirect it.
+    for name in (*_stage_variable_names(), "AWS_ENDPOINT_URL", "AWS_PROFILE",
+                 "AWS_SESSION_TOKEN", "AWS_REGION", "RUNNER_WORKERS",
+                 "TRAINING_VISIBILITY_TIMEOUT"):
+        env.pop(name, None)
+    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+               AWS_DEFAULT_REGION=REGION)
+    return env
+
+
+def _stop_stack(process: subprocess.Popen, ports: list[int]) -> list[str]:
+    """Ctrl-C for the stack: SIGINT to devstack.run alone, which must stop
+    everything it started. Kills the process group on timeout. Returns what
+    went wrong."""
+    problems = []
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)
+        try:
+            process.wait(timeout=SHUTDOWN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            problems.append(f"devstack.run did not exit within {SHUTDOWN_TIMEOUT} s of SIGINT")
+    # Whatever is left in the stack's process group was started by it and not stopped.
+    try:
+        os.killpg(process.pid, 0)
+        leftovers = True
+    except ProcessLookupError:
+        leftovers = False
+    if leftovers:
+        problems.append("processes of the stack's process group were still running")
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+    if not problems and process.returncode != 0:
+        problems.append(f"devstack.run exited with code {process.returncode} on SIGINT")
+    deadline = time.monotonic() + 5  # a closed listener may take a moment to go
+    while any(_accepts(port) for port in ports) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    still_open = [port for port in ports if _accepts(port)]
+    if still_open:
+        problems.append(f"ports {still_open} still accept connections after the stack stopped")
+    return problems
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("devstack")
+    api_port, emulator_port = _free_ports(2)
+    command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
+               "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
+               "--log-dir", str(log_dir)]
+    with open(log_dir / "stack.log", "wb") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=_stack_environment(log_dir),
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL,
+                                   # its own group: a kill on timeout reaches every
+                                   # process it started, and nothing else
+                                   start_new_session=True)
+    api = f"http://127.0.0.1:{api_port}"
+    endpoint = f"http://127.0.0.1:{emulator_port}"
+    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                    region_name=REGION)
+    config = Config(connect_timeout=2, read_timeout=15, retries={"total_max_attempts": 2})
+    http_session = requests.Session()
+    http_session.trust_env = False  # no proxies, no .netrc: this is 127.0.0.1
+    running = Stack(
+        api=api, endpoint=endpoint, api_port=api_port, emulator_port=emulator_port,
+        log_dir=log_dir, process=process, http=http_session,
+        s3=session.client("s3", endpoint_url=endpoint, config=config),
+        sqs=session.client("sqs", endpoint_url=endpoint, config=config),
+        dynamodb=session.resource("dynamodb", endpoint_url=endpoint, config=config),
+    )
+    ports = [api_port, emulator_port]
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"devstack.run exited with code {process.returncode} before the "
+                            f"API answered\n{running.output()}", pytrace=False)
+            try:
+                http_session.get(f"{api}/check_model_status/x", timeout=2)
+                break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API did not answer on {api} within {STARTUP_TIMEOUT} s\n"
+                            f"{running.output()}", pytrace=False)
+            time.sleep(0.2)
+    except BaseException:
+        http_session.close()
+        _stop_stack(process, ports)  # clean up only; the failure above is the news
+        raise
+    yield running
+    http_session.close()
+    problems = _stop_stack(process, ports)
+    if problems:
+        pytest.fail("; ".join(problems) + "\n" + running.output(), pytrace=False)
+
+
+# --- helpers --------------------------------------------------------------------
+
+def _post_model(stack: Stack, body: bytes, content_type: str | None = "text/csv"):
+    headers = {"Content-Type": content_type} if content_type else {}
+    return stack.http.post(f"{stack.api}/models", data=body, headers=headers,
+                           timeout=HTTP_TIMEOUT)
+
+
+def _predict(stack: Stack, model_id: str, body: bytes, method: str = "POST",
+             content_type: str | None = "text/csv"):
+    headers = {"Content-Type": content_type} if content_type else {}
+    return stack.http.request(method, f"{stack.api}/models/{model_id}", data=body,
+                              headers=headers, timeout=HTTP_TIMEOUT)
+
+
+def _status(stack: Stack, model_id: str, method: str = "POST"):
+    return stack.http.request(method, f"{stack.api}/check_model_status/{model_id}",
+                              timeout=HTTP_TIMEOUT)
+
+
+def _wait_for_training(stack: Stack, model_id: str, timeout: float = TRAINING_TIMEOUT) -> dict:
+    """Polls the status until it is no longer "Model is Training"; returns it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        answer = _status(stack, model_id)
+        assert answer.status_code == 200, (answer.status_code, answer.text)
+        status = answer.json()
+        if status["status"] != TRAINING:
+            return status
+        if time.monotonic() > deadline:
+            pytest.fail(f"model {model_id} still training after {timeout} s: {status}\n"
+                        f"{stack.output()}", pytrace=False)
+        time.sleep(0.1)
+
+
+@dataclass
+class Trained:
+    created: requests.Response
+    status: dict
+
+    @property
+    def model_id(self) -> str:
+        return self.created.json()["model_id"]
+
+
+def _train(stack: Stack, body: bytes) -> Trained:
+    created = _post_model(stack, body)
+    assert created.status_code == 201, (created.status_code, created.text)
+    return Trained(created, _wait_for_training(stack, created.json()["model_id"]))
+
+
+def _lines(answer: requests.Response) -> list[str]:
+    return answer.text.split("\n")
+
+
+def _is_text(answer: requests.Response) -> bool:
+    return answer.headers["Content-Type"].split(";")[0].strip() == "text/plain"
+
+
+def _is_json(answer: requests.Response) -> bool:
+    return answer.headers["Content-Type"].split(";")[0].strip() == "application/json"
+
+
+def _features(rows: list[list[str]]) -> bytes:
+    return "".join(",".join(row[:4]) + "\n" for row in rows).encode()
+
+
+def _queue_counts(stack: Stack, url: str) -> tuple[int, int]:
+    attributes = stack.sqs.get_queue_attributes(
+        QueueUrl=url,
+        AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
+    )["Attributes"]
+    return (int(attributes["ApproximateNumberOfMessages"]),
+            int(attributes["ApproximateNumberOfMessagesNotVisible"]))
+
+
+def _wait_until_queue_empty(stack: Stack, url: str, timeout: float = QUEUE_DRAIN_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while (counts := _queue_counts(stack, url)) != (0, 0):
+        if time.monotonic() > deadline:
+            pytest.fail(f"queue not empty after {timeout} s (visible, in flight) = {counts}\n"
+                        f"{stack.output()}", pytrace=False)
+        time.sleep(0.1)
+
+
+def _stored(stack: Stack) -> tuple[set[str], set[str]]:
+    """Every dataset key in S3 and every model id in DynamoDB."""
+    keys = set()
+    for page in stack.s3.get_paginator("list_objects_v2").paginate(Bucket=BUCKET,
+                                                                   Prefix="datasets/"):
+        keys.update(item["Key"] for item in page.get("Contents", []))
+    ids = set()
+    scan = {"ProjectionExpression": "model_id", "ConsistentRead": True}
+    while True:
+        page = stack.table.scan(**scan)
+        ids.update(item["model_id"] for item in page["Items"])
+        if "LastEvaluatedKey" not in page:
+            return keys, ids
+        scan["ExclusiveStartKey"] = page["LastEvaluatedKey"]
+
+
+def _create_queued_item(stack: Stack, body: bytes, n_features: int) -> tuple[str, str, str]:
+    """Puts a dataset in S3 and a QUEUED item in DynamoDB, bypassing the API.
+    Returns (model_id, task_id, dataset key); no training message is sent."""
+    model_id, task_id = new_model_id(), str(uuid.uuid4())
+    key = dataset_key(model_id)
+    stack.s3.put_object(Bucket=BUCKET, Key=key, Body=body, ContentType="text/csv")
+    n_rows = sum(1 for line in body.splitlines() if line.strip())
+    record = ModelRecord(model_id=model_id, task_id=task_id, status=Status.QUEUED,
+                         created_at=now_iso(), n_rows=n_rows, n_features=n_features,
+                         dataset_key=key)
+    assert ModelRegistry(stack.table).create(record)
+    return model_id, task_id, key
+
+
+@pytest.fixture(scope="module")
+def iris(stack) -> Trained:
+    return _train(stack, IRIS)
+
+
+# --- 1. training ----------------------------------------------------------------
+
+def test_training_iris_answers_201_then_ready_with_its_facts(stack, iris):
+    assert iris.created.status_code == 201
+    assert _is_json(iris.created)
+    created = iris.created.json()
+    assert set(created) == {"message", "model_id", "task_id"}
+    assert created["message"] == TRAINING_STARTED
+    assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", created["model_id"])
+    assert created["task_id"]
+
+    assert iris.status == {
+        "status": READY,
+        "model_id": created["model_id"],
+        "task_id": created["task_id"],
+        "created_at": iris.status["created_at"],
+        "n_rows": 150,
+        "n_features": 4,
+        "classes": ["setosa", "versicolor", "virginica"],
+    }
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", iris.status["created_at"])
+    # GET answers like POST.
+    answer = _status(stack, iris.model_id, method="GET")
+    assert answer.status_code == 200 and _is_json(answer)
+    assert answer.json() == iris.status
+
+
+# --- 2. the seed README's prediction ----------------------------------------------
+
+def test_predicting_the_seed_row_with_get_and_post(stack, iris):
+    answer = _predict(stack, iris.model_id, b"6.9,3.1,5.1,2.3", method="GET")
+    assert answer.status_code == 202, answer.text
+    assert _is_json(answer)
+    body = answer.json()
+    assert set(body) == {"predictions", "prediction_probability"}
+    assert body["predictions"] == ["virginica"]
+    [probabilities] = body["prediction_probability"]
+    assert len(probabilities) == 3
+    assert all(isinstance(p, float) and 0.0 <= p <= 1.0 for p in probabilities)
+    assert math.isclose(sum(probabilities), 1.0, abs_tol=1e-9)
+    assert probabilities.index(max(probabilities)) == 2  # virginica, the classes' order
+
+    posted = _predict(stack, iris.model_id, b"6.9,3.1,5.1,2.3", method="POST")
+    assert posted.status_code == 202, posted.text
+    assert posted.json() == body
+
+
+# --- 3. one row at a time equals the batch --------------------------------------------
+
+def test_single_row_predictions_equal_batch_predictions(stack, iris):
+    rows = IRIS_ROWS[::15]  # 10 rows, all three classes
+    assert len(rows) == 10 and len({row[-1] for row in rows}) == 3
+    batch = _predict(stack, iris.model_id, _features(rows))
+    assert batch.status_code == 202, batch.text
+    batch = batch.json()
+    assert len(batch["predictions"]) == len(batch["prediction_probability"]) == 10
+
+    for i, row in enumerate(rows):
+        single = _predict(stack, iris.model_id, _features([row]))
+        assert single.status_code == 202, single.text
+        single = single.json()
+        assert single["predictions"] == [batch["predictions"][i]], f"row {i}: {row}"
+        [probabilities] = single["prediction_probability"]
+        assert probabilities == pytest.approx(batch["prediction_probability"][i],
+                                              abs=1e-12, rel=0), f"row {i}: {row}"
+    # The model is good on its own training rows.
+    assert batch["predictions"] == [row[-1] for row in rows]
+
+
+# --- 4. numeric labels ----------------------------------------------------------
+
+def test_integer_labels_come_back_as_json_integers(stack):
+    rows = [f"{i * 0.1:.1f},{(i % 5) * 0.2:.1f},0" for i in range(20)]
+    rows += [f"{5 + i * 0.1:.1f},{5 + (i % 5) * 0.2:.1f},1" for i in range(20)]
+    trained = _train(stack, "\n".join(rows).encode() + b"\n")
+    assert trained.status["status"] == READY, trained.status
+    assert trained.status["n_rows"] == 40 and trained.status["n_features"] == 2
+    classes = trained.status["classes"]
+    assert classes == [0, 1] and all(type(c) is int for c in classes)
+
+    answer = _predict(stack, trained.model_id, b"0.5,0.4\n5.5,5.4\n0.1,0.0\n")
+    assert answer.status_code == 202, answer.text
+    predictions = answer.json()["predictions"]
+    assert predictions == [0, 1, 0]
+    assert all(type(p) is int for p in predictions), answer.text
+
+
+# --- 5. the seed's errors ------------------------------------------------------------
+
+@pytest.mark.parametrize("content_type, body, detail", [
+    pytest.param("application/json", b'{"data": [[1, 2, "a"]]}', None, id="json"),
+    pytest.param(None, b"1,2,a\n3,4,b\n", None, id="no-content-type"),
+    pytest.param("text/csv", b"1,2,a\n3,b\n", "row 2 has 2 values, expected 3", id="ragged"),
+    pytest.param("text/csv; charset=utf-8", b"1,2,a\n3,4,b,c\n",
+                 "row 2 has 4 values, expected 3", id="ragged-charset"),
+    pytest.param("text/csv", b"", "the body is empty", id="empty"),
+    pytest.param("text/csv", b"\n \n", "the body is empty", id="blank-lines"),
+    pytest.param("text/csv", b"1,2,a\n3,x,b\n", "row 2, column 2: 'x' is not a number",
+                 id="non-numeric"),
+    pytest.param("text/csv", b"width,height,label\n1,2,a\n3,4,b\n",
+                 "row 1, column 1: 'width' is not a number "
+                 "(the CSV must not have a header row)", id="header-row"),
+    pytest.param("text/csv", b"1,2,a\n3,nan,b\n", "row 2, column 2: 'nan' is not a finite number",
+                 id="nan"),
+    pytest.param("text/csv", b"1,2,a\n3,4,a\n5,6,a\n",
+                 "all 3 rows have the label 'a'; training needs at least 2 classes",
+                 id="single-class"),
+])
+def test_training_errors_are_415_with_the_seed_text(stack, content_type, body, detail):
+    before = _stored(stack)
+    answer = _post_model(stack, body, content_type)
+    assert answer.status_code == 415, answer.text
+    assert _is_text(answer)
+    if detail is None:
+        assert answer.text == TRAINING_CSV_REQUIRED
+    else:
+        assert _lines(answer) == [TRAINING_CSV_REQUIRED, detail]
+    assert _stored(stack) == before  # nothing stored for a rejected upload
+
+
+def test_predicting_on_an_unknown_model_is_404(stack):
+    for method in ("GET", "POST"):
+        answer = _predict(stack, UNKNOWN_ID, b"6.9,3.1,5.1,2.3", method=method)
+        assert answer.status_code == 404 and _is_text(answer)
+        assert answer.text == MODEL_NOT_FOUND
+
+
+def test_status_of_an_unknown_model_is_404(stack):
+    for method in ("GET", "POST"):
+        answer = _status(stack, UNKNOWN_ID, method=method)
+        assert answer.status_code == 404 and _is_text(answer)
+        assert answer.text == MODEL_NOT_FOUND
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+def test_predicting_without_csv_is_415(stack, iris, content_type):
+    for method in ("GET", "POST"):
+        answer = _predict(stack, iris.model_id, b"6.9,3.1,5.1,2.3", method=method,
+                          content_type=content_type)
+        assert answer.status_code == 415 and _is_text(answer)
+        assert answer.text == PREDICT_CSV_REQUIRED
+
+
+@pytest.mark.parametrize("body, detail", [
+    pytest.param(b"6.9,3.1,5.1,2.3,virginica\n",
+                 "row 1 has 5 values, but the model expects 4 features "
+                 "(send the features only, no label)", id="with-label"),
+    pytest.param(b"6.9,3.1,5.1,2.3\n6.9,3.1,5.1\n",
+                 "row 2 has 3 values, but the model expects 4 features "
+                 "(send the features only, no label)", id="short-row"),
+    pytest.param(b"6.9,x,5.1,2.3\n",
+                 "row 1, column 2: 'x' is not a number (the CSV must not have a header row)",
+                 id="non-numeric"),
+    pytest.param(b"", "the body is empty", id="empty"),
+])
+def test_predicting_on_bad_rows_is_415_naming_the_problem(stack, iris, body, detail):
+    answer = _predict(stack, iris.model_id, body)
+    assert answer.status_code == 415 and _is_text(answer)
+    assert _lines(answer) == [PREDICT_CSV_REQUIRED, detail]
+
+
+def test_predicting_on_huge_values_is_a_415_not_a_server_error(stack, iris):
+    answer = _predict(stack, iris.model_id, b"1e308,1e308,1e308,1e308\n")
+    assert answer.status_code == 415, (answer.status_code, answer.text)
+    assert _lines(answer) == [PREDICT_CSV_REQUIRED, "the feature values are too large for "
+                              "this model (scaling them overflows 64-bit floats)"]
+
+
+def _raw_request(stack: Stack, method: str, path: str, body: bytes = b"") -> tuple[int, str]:
+    """http.client sends the path as written (requests would resolve "..")."""
+    connection = http.client.HTTPConnection("127.0.0.1", stack.api_port, timeout=HTTP_TIMEOUT)
+    try:
+        connection.request(method, path, body=body, headers=CSV)
+        answer = connection.getresponse()
+        return answer.status, answer.read().decode(errors="replace")
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("model_id", ["model%2F..%2Fx", "a" * 65, "..", "%2E%2E", "a%20b",
+                                      "a%00b", "%FF", "x.pkl"])
+@pytest.mark.parametrize("method, route", [("GET", "/models/"), ("POST", "/models/"),
+                                           ("GET", "/check_model_status/"),
+                                           ("POST", "/check_model_status/")])
+def test_ids_with_bad_characters_are_404(stack, method, route, model_id):
+    status, text = _raw_request(stack, method, route + model_id, b"6.9,3.1,5.1,2.3")
+    assert status == 404, (status, text)
+    assert text == MODEL_NOT_FOUND
+
+
+# --- 6. redelivery ---------------------------------------------------------------------
+
+def test_a_redelivered_training_message_changes_nothing(stack, iris):
+    model_id = iris.model_id
+    queue_url, dlq_url = stack.queue_url(QUEUE), stack.queue_url(DLQ)
+    _wait_until_queue_empty(stack, queue_url)  # the original message is done with
+
+    item = stack.table.get_item(Key={"model_id": model_id}, ConsistentRead=True)["Item"]
+    assert item["status"] == "READY"
+    artifact = stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+    status = _status(stack, model_id).json()
+    assert status["status"] == READY
+    # Timestamps have one-second resolution: let a second pass so that any
+    # write the redelivery caused would show.
+    deadline = time.monotonic() + 2
+    while now_iso() == item["updated_at"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    message = {"model_id": model_id, "dataset_key": item["dataset_key"],
+               "task_id": item["task_id"]}
+    assert message == json.loads(TrainingMessage(**message).to_json())  # the app's shape
+    stack.sqs.send_message(QueueUrl=queue_url, MessageBody=json.dumps(message))
+    _wait_until_queue_empty(stack, queue_url)
+
+    # Handled (deleted after the handler returned), not dead-lettered.
+    assert _queue_counts(stack, dlq_url) == (0, 0)
+    skipped = [json.loads(line) for line in stack.output_path.read_text().splitlines()
+               if line.startswith("{") and '"training.skipped"' in line]
+    assert any(event["model_id"] == model_id for event in skipped), stack.output()
+
+    assert _status(stack, model_id).json() == status
+    after = stack.table.get_item(Key={"model_id": model_id}, ConsistentRead=True)["Item"]
+    assert after == item
+    assert after["updated_at"] == item["updated_at"]
+    artifact_after = stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+    assert artifact_after["ETag"] == artifact["ETag"]
+    assert artifact_after["LastModified"] == artifact["LastModified"]
+
+
+# --- 7. one class never becomes "Ready to Use" -----------------------------------------
+
+def test_one_class_upload_is_refused_and_nothing_is_stored(stack):
+    before = _stored(stack)
+    answer = _post_model(stack, b"1,2,only\n3,4,only\n5,6,only\n7,8,only\n")
+    assert answer.status_code == 415, answer.text
+    assert _lines(answer) == [TRAINING_CSV_REQUIRED,
+                              "all 4 rows have the label 'only'; "
+                              "training needs at least 2 classes"]
+    assert _stored(stack) == before
+
+
+def test_one_class_dataset_behind_the_apis_back_fails_training(stack):
+    model_id, task_id, key = _create_queued_item(stack, b"1,2,a\n3,4,a\n5,6,a\n", n_features=2)
+    assert _status(stack, model_id).json()["status"] == TRAINING
+    stack.sqs.send_message(QueueUrl=stack.queue_url(),
+                           MessageBody=TrainingMessage(model_id, key, task_id).to_json())
+
+    status = _wait_for_training(stack, model_id)
+    assert status["status"] == FAILED, status
+    assert status["model_id"] == model_id and status["task_id"] == task_id
+    assert "classes" not in status
+    assert "training needs at least 2 classes" in status["error"], status
+
+    answer = _predict(stack, model_id, b"1,2\n")
+    assert answer.status_code == 409, answer.text
+    assert _is_json(answer)
+    assert answer.json() == {"status": FAILED, "error": status["error"]}
+    with pytest.raises(ClientError) as missing:
+        stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+    assert missing.value.response["Error"]["Code"] in ("404", "NoSuchKey")
+
+
+# --- 8. predicting while training -----------------------------------------------------
+
+def test_predicting_on_a_model_still_training_answers_200_training(stack):
+    # QUEUED with no message sent: it stays training for as long as the test needs.
+    model_id, task_id, _ = _create_queued_item(stack, b"1,2,a\n3,4,b\n", n_features=2)
+    status = _status(stack, model_id)
+    assert status.status_code == 200
+    assert status.json()["status"] == TRAINING
+    assert status.json()["task_id"] == task_id
+    for method in ("GET", "POST"):
+        answer = _predict(stack, model_id, b"1,2\n", method=method)
+        assert answer.status_code == 200, answer.text
+        assert _is_json(answer)
+        assert answer.json() == {"status": TRAINING}
