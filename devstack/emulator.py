@@ -40,7 +40,7 @@ def start_moto(host: str, port: int, log_path: str = os.devnull,
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -92,14 +92,17 @@ def main() -> None:
 
         python = [sys.executable, "-m"]
         common = ["--stage", args.stage]
+        # Own process groups: Ctrl-C reaches only this process, which then stops
+        # the children in order (API and runner first, the emulator last).
         processes.append(subprocess.Popen(
             python + ["devstack.sqs_runner", *common, "--workers", str(args.workers)],
-            cwd=stage.PROJECT_DIR))
+            cwd=stage.PROJECT_DIR, process_group=0))
         api = subprocess.Popen(python + ["devstack.server", *common, "--port", str(args.port)],
-                               cwd=stage.PROJECT_DIR)
+                               cwd=stage.PROJECT_DIR, process_group=0)
         processes.append(api)
         _wait_for_port(args.port, api, "the API server")
-        print(f"API: http://{HOST}:{args.port}  (Ctrl-C stops everything)", flush=True)
+        print(f"Ready. Try: curl -X POST -H 'Content-Type: text/csv' --data-binary @iris.csv "
+              f"http://{HOST}:{args.port}/models   (Ctrl-C stops everything)", flush=True)
         while not stopping:
             for process in processes:
                 if process.poll() is not None:
