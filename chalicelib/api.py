@@ -6,6 +6,7 @@ import logging
 import re
 from typing import Callable
 
+import orjson
 from chalice import Response
 
 from chalicelib import components
@@ -99,7 +100,25 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
     except ArtifactMissing:
         return _text(409, f"Model {model_id} is marked ready but its artifact is missing "
                           "from storage; train it again.")
-    return _json(202, answer)
+    return _predictions(answer)
+
+
+# Lambda returns at most 6 MB from a synchronous call, counted on the whole
+# proxy response, in which every '"' of the body is escaped.
+RESPONSE_LIMIT_BYTES = 6 * 1024 * 1024
+_RESPONSE_OVERHEAD_BYTES = 2048
+
+
+def _predictions(answer: dict) -> Response:
+    body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    size = len(body) + body.count(b'"') + _RESPONSE_OVERHEAD_BYTES
+    if size > RESPONSE_LIMIT_BYTES:
+        rows = len(answer["predictions"])
+        fitting = int((RESPONSE_LIMIT_BYTES - _RESPONSE_OVERHEAD_BYTES) / (size / rows))
+        return _text(413, f"The answer for {rows} rows would be {size / 1e6:.1f} MB, over "
+                          f"Lambda's 6 MB response limit; send at most {fitting} rows per request.")
+    return Response(body=body.decode(), status_code=202,
+                    headers={"Content-Type": "application/json"})
 
 
 @_unavailable_on_aws_failure

@@ -34,7 +34,8 @@ def service() -> ModelService:
         registry=registry(),
         store=store(),
         queue=TrainingQueue(aws.client("sqs"), settings().queue),
-        predictor=Predictor(store(), settings().model_cache_size),
+        predictor=Predictor(store(), settings().model_cache_size,
+                            settings().model_recheck_seconds),
     )
 
 

@@ -27,6 +27,9 @@ class Settings:
     # the trainer marks the model failed on the last one.
     max_receives: int
     model_cache_size: int
+    # How long a warm container trusts that a cached model still exists
+    # before reading its status again (a deleted model answers until then).
+    model_recheck_seconds: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -38,4 +41,5 @@ class Settings:
             dead_letter_queue=os.environ.get("TRAINING_DLQ", queue + "-dlq"),
             max_receives=int(os.environ.get("TRAINING_MAX_RECEIVES", "3")),
             model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
+            model_recheck_seconds=float(os.environ.get("MODEL_RECHECK_SECONDS", "60")),
         )

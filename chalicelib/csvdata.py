@@ -8,6 +8,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -79,7 +80,9 @@ _INT64 = range(-(2**63), 2**63)
 
 
 def _typed_labels(raw: list[str]) -> list[Label]:
-    """Labels keep the type they had: all integers, else all numbers, else text."""
+    """Labels keep the type they had: all integers, else all whole numbers
+    written as floats ("1.0"), else text. Fractional numbers stay text:
+    scikit-learn takes them for a regression target and refuses to classify."""
     try:
         integers = [int(label) for label in raw]
     except ValueError:
@@ -91,7 +94,8 @@ def _typed_labels(raw: list[str]) -> list[Label]:
         numbers = [float(label) for label in raw]
     except ValueError:
         return raw
-    return numbers if all(math.isfinite(n) for n in numbers) else raw
+    whole = all(math.isfinite(n) and n.is_integer() for n in numbers)
+    return numbers if whole else raw
 
 
 def parse_training(body: bytes) -> TrainingData:
@@ -137,8 +141,41 @@ def _check_scalable(features: np.ndarray) -> None:
         )
 
 
+# Above this size numpy's C parser is tried first (about 20x faster than the
+# csv module on 150k rows); any row it cannot take sends the body through the
+# precise parser below, which decides and explains.
+_FAST_PARSE_BYTES = 4096
+
+
 def parse_features(body: bytes, n_features: int) -> np.ndarray:
     """Feature rows to predict on: exactly n_features numbers a row, no label."""
+    if len(body) >= _FAST_PARSE_BYTES:
+        matrix = _fast_features(body, n_features)
+        if matrix is not None:
+            return matrix
+    return _precise_features(body, n_features)
+
+
+def _fast_features(body: bytes, n_features: int) -> np.ndarray | None:
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        return None
+    if '"' in text or "\x00" in text or "\r" in text:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "input contained no data"
+            matrix = np.loadtxt(io.StringIO(text), delimiter=",", dtype=np.float64,
+                                ndmin=2, comments=None)
+    except ValueError:
+        return None
+    if matrix.shape[0] == 0 or matrix.shape[1] != n_features or not np.isfinite(matrix).all():
+        return None
+    return matrix
+
+
+def _precise_features(body: bytes, n_features: int) -> np.ndarray:
     rows: list[list[float]] = []
     for row, fields in _rows(body):
         if len(fields) != n_features:

@@ -89,10 +89,18 @@ class ModelService:
         return record
 
     def predict(self, model_id: str, body: bytes) -> dict:
-        record = self.record(model_id)
-        if record.status == Status.FAILED:
-            raise ModelFailed(record.error or "unknown error")
-        if record.status != Status.READY:
-            raise ModelTraining(model_id)
-        features = parse_features(body, record.n_features)
-        return self._predictor.predict(model_id, features)
+        """{"predictions": labels, "prediction_probability": array}; a warm
+        container answers from its cache without calling AWS."""
+        model = self._predictor.fresh(model_id)
+        if model is None:
+            try:
+                record = self.record(model_id)
+            except ModelNotFound:
+                self._predictor.forget(model_id)
+                raise
+            if record.status == Status.FAILED:
+                raise ModelFailed(record.error or "unknown error")
+            if record.status != Status.READY:
+                raise ModelTraining(model_id)
+            model = self._predictor.load(model_id)
+        return model.predict(parse_features(body, model.n_features))

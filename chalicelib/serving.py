@@ -1,46 +1,129 @@
-"""Predictions from stored models, with a per-container cache.
+"""Predictions with numpy alone, from a compact artifact, with a per-container cache.
 
-Artifacts are immutable once a model is ready, so a cached model never goes
-stale; the cache is bounded by count (MODEL_CACHE_SIZE).
+Training stores the fitted pipeline twice: `model.pkl` (scikit-learn, for
+download) and `serving.npz` (the numbers below, loaded without pickle). The
+predict path never imports scikit-learn, which would add seconds to every cold
+start, and skips its per-call input validation.
 """
 from __future__ import annotations
 
-import functools
-import pickle
+import io
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
 from chalicelib.csvdata import CsvError
-from chalicelib.storage import ArtifactStore
+from chalicelib.storage import SERVING_ARTIFACT, ArtifactStore
 
 
 class ArtifactMissing(Exception):
     pass
 
 
-class Predictor:
-    def __init__(self, store: ArtifactStore, cache_size: int):
-        self._store = store
-        self._model = functools.lru_cache(maxsize=cache_size)(self._load)
+@dataclass(frozen=True)
+class ServingModel:
+    """StandardScaler + LogisticRegression, as the arrays predict needs."""
+    classes: np.ndarray    # (n_classes,) labels with their CSV type
+    mean: np.ndarray       # (n_features,)
+    scale: np.ndarray      # (n_features,)
+    coef: np.ndarray       # (1 or n_classes, n_features)
+    intercept: np.ndarray  # (1 or n_classes,)
 
-    def _load(self, model_id: str):
-        blob = self._store.get_model(model_id)
-        if blob is None:
-            raise ArtifactMissing(model_id)
-        return pickle.loads(blob)
+    @property
+    def n_features(self) -> int:
+        return self.mean.shape[0]
 
-    def predict(self, model_id: str, features: np.ndarray) -> dict:
-        model = self._model(model_id)
-        try:
-            probabilities = model.predict_proba(features)
-        except ValueError:
-            # Finite inputs that overflow once scaled with the training statistics.
+    @classmethod
+    def from_pipeline(cls, pipeline) -> "ServingModel":
+        scaler, classifier = pipeline[0], pipeline[-1]
+        return cls(classes=classifier.classes_, mean=scaler.mean_, scale=scaler.scale_,
+                   coef=classifier.coef_, intercept=classifier.intercept_)
+
+    def to_bytes(self) -> bytes:
+        buffer = io.BytesIO()
+        np.savez(buffer, classes=self.classes, mean=self.mean, scale=self.scale,
+                 coef=self.coef, intercept=self.intercept)
+        return buffer.getvalue()
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> "ServingModel":
+        with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
+            return cls(**{name: arrays[name] for name in
+                          ("classes", "mean", "scale", "coef", "intercept")})
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        """The same arithmetic, in the same order, as scikit-learn's predict_proba."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            scaled = (features - self.mean) / self.scale
+        if not np.isfinite(scaled).all():
             raise CsvError("the feature values are too large for this model "
-                           "(scaling them overflows 64-bit floats)") from None
-        # For logistic regression the class with the highest probability is
-        # exactly what predict() returns; computing it here saves a second pass.
-        predictions = model.classes_.take(probabilities.argmax(axis=1))
-        return {
-            "predictions": predictions.tolist(),
-            "prediction_probability": probabilities.tolist(),
-        }
+                           "(scaling them overflows 64-bit floats)")
+        scores = scaled @ self.coef.T + self.intercept
+        with np.errstate(over="ignore"):
+            if self.coef.shape[0] == 1:  # binary: the logistic function of one score
+                positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))
+                return np.stack([1.0 - positive, positive], axis=1)
+            scores -= scores.max(axis=1, keepdims=True)  # softmax, stable
+            np.exp(scores, out=scores)
+            scores /= scores.sum(axis=1, keepdims=True)
+            return scores
+
+    def predict(self, features: np.ndarray) -> dict:
+        probabilities = self.predict_proba(features)
+        # The most probable class is exactly what LogisticRegression.predict returns.
+        return {"predictions": self.classes.take(probabilities.argmax(axis=1)).tolist(),
+                "prediction_probability": probabilities}
+
+
+class Predictor:
+    """Loaded models, least recently used first out, at most `cache_size`.
+
+    Artifacts never change once a model is ready, so a loaded model is never
+    stale; but a warm container must notice that a model was deleted. An
+    entry is trusted for `recheck_seconds` after its status was last read;
+    after that the caller reads the status again before using it.
+    """
+
+    def __init__(self, store: ArtifactStore, cache_size: int, recheck_seconds: float,
+                 clock: Callable[[], float] = time.monotonic):
+        self._store = store
+        self._cache_size = cache_size
+        self._recheck_seconds = recheck_seconds
+        self._clock = clock
+        self._entries: OrderedDict[str, tuple[ServingModel, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def fresh(self, model_id: str) -> ServingModel | None:
+        """The cached model if its status was confirmed recently, else None."""
+        with self._lock:
+            entry = self._entries.get(model_id)
+            if entry is None or self._clock() - entry[1] > self._recheck_seconds:
+                return None
+            self._entries.move_to_end(model_id)
+            return entry[0]
+
+    def load(self, model_id: str) -> ServingModel:
+        """The model, from the cache or S3; the caller has just confirmed it is ready."""
+        with self._lock:
+            entry = self._entries.get(model_id)
+        if entry is None:
+            blob = self._store.get_artifact(model_id, SERVING_ARTIFACT)
+            if blob is None:
+                raise ArtifactMissing(model_id)
+            model = ServingModel.from_bytes(blob)
+        else:
+            model = entry[0]
+        with self._lock:
+            self._entries[model_id] = (model, self._clock())
+            self._entries.move_to_end(model_id)
+            while len(self._entries) > self._cache_size:
+                self._entries.popitem(last=False)
+        return model
+
+    def forget(self, model_id: str) -> None:
+        with self._lock:
+            self._entries.pop(model_id, None)

@@ -3,13 +3,18 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
+# The fitted scikit-learn pipeline, pickled: for download and for scikit-learn users.
+PIPELINE_ARTIFACT = "model.pkl"
+# The arrays the numpy-only predict path needs (numpy .npz, no pickle).
+SERVING_ARTIFACT = "serving.npz"
+
 
 def dataset_key(model_id: str) -> str:
     return f"datasets/{model_id}.csv"
 
 
-def model_key(model_id: str) -> str:
-    return f"models/{model_id}/model.pkl"
+def artifact_key(model_id: str, name: str) -> str:
+    return f"models/{model_id}/{name}"
 
 
 class ArtifactStore:
@@ -28,18 +33,14 @@ class ArtifactStore:
     def delete_dataset(self, model_id: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
 
-    def put_model(self, model_id: str, blob: bytes) -> None:
+    def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
         # A single PUT is atomic in S3: readers see the whole object or none.
-        self._s3.put_object(
-            Bucket=self._bucket,
-            Key=model_key(model_id),
-            Body=blob,
-            ContentType="application/octet-stream",
-        )
+        self._s3.put_object(Bucket=self._bucket, Key=artifact_key(model_id, name), Body=blob,
+                            ContentType="application/octet-stream")
 
-    def get_model(self, model_id: str) -> bytes | None:
+    def get_artifact(self, model_id: str, name: str) -> bytes | None:
         try:
-            response = self._s3.get_object(Bucket=self._bucket, Key=model_key(model_id))
+            response = self._s3.get_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
         except ClientError as error:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None

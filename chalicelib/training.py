@@ -13,7 +13,8 @@ from chalicelib.csvdata import CsvError, TrainingData, parse_training
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage
 from chalicelib.registry import ModelRegistry, Status
-from chalicelib.storage import ArtifactStore
+from chalicelib.serving import ServingModel
+from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, ArtifactStore
 
 
 def fit_pipeline(data: TrainingData):
@@ -71,7 +72,11 @@ class Trainer:
             log("training.error", level=logging.ERROR, receive_count=receive_count,
                 error=f"{type(error).__name__}: {error}", **ids)
             raise
-        self._store.put_model(message.model_id, pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+        # Both artifacts before READY: a reader never sees a ready model without them.
+        self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
+                                 pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+        self._store.put_artifact(message.model_id, SERVING_ARTIFACT,
+                                 ServingModel.from_pipeline(pipeline).to_bytes())
         self._registry.mark_ready(message.model_id, data.classes)
         log("training.ready", seconds=round(time.perf_counter() - started, 3),
             n_rows=data.n_rows, **ids)

@@ -14,7 +14,8 @@ def test_iris_parses_with_string_labels():
 
 @pytest.mark.parametrize("body, classes", [
     (b"1,0\n2,1\n3,0\n", [0, 1]),
-    (b"1,0.5\n2,1.5\n", [0.5, 1.5]),
+    (b"1,1.0\n2,2.0\n", [1.0, 2.0]),
+    (b"1,0.5\n2,1.5\n", ["0.5", "1.5"]),
     (b"1,1\n2,b\n", ["1", "b"]),
 ])
 def test_labels_keep_their_type(body, classes):

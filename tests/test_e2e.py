@@ -30,7 +30,7 @@ from botocore.exceptions import ClientError
 from chalicelib.queue import TrainingMessage
 from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
 from chalicelib.service import new_model_id
-from chalicelib.storage import dataset_key, model_key
+from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key, dataset_key
 
 pytestmark = pytest.mark.e2e
 
@@ -560,7 +560,7 @@ def test_a_redelivered_training_message_changes_nothing(stack, iris):
 
     item = stack.table.get_item(Key={"model_id": model_id}, ConsistentRead=True)["Item"]
     assert item["status"] == "READY"
-    artifact = stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+    artifact = stack.s3.head_object(Bucket=BUCKET, Key=artifact_key(model_id, PIPELINE_ARTIFACT))
     status = _status(stack, model_id).json()
     assert status["status"] == READY
     # Timestamps have one-second resolution: let a second pass so that any
@@ -585,7 +585,7 @@ def test_a_redelivered_training_message_changes_nothing(stack, iris):
     after = stack.table.get_item(Key={"model_id": model_id}, ConsistentRead=True)["Item"]
     assert after == item
     assert after["updated_at"] == item["updated_at"]
-    artifact_after = stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+    artifact_after = stack.s3.head_object(Bucket=BUCKET, Key=artifact_key(model_id, PIPELINE_ARTIFACT))
     assert artifact_after["ETag"] == artifact["ETag"]
     assert artifact_after["LastModified"] == artifact["LastModified"]
 
@@ -619,7 +619,7 @@ def test_one_class_dataset_behind_the_apis_back_fails_training(stack):
     assert _is_json(answer)
     assert answer.json() == {"status": FAILED, "error": status["error"]}
     with pytest.raises(ClientError) as missing:
-        stack.s3.head_object(Bucket=BUCKET, Key=model_key(model_id))
+        stack.s3.head_object(Bucket=BUCKET, Key=artifact_key(model_id, PIPELINE_ARTIFACT))
     assert missing.value.response["Error"]["Code"] in ("404", "NoSuchKey")
 
 

@@ -81,7 +81,7 @@ def test_training_makes_the_model_ready_and_predictions_use_training_scaling(aws
                                answer["prediction_probability"][0], rtol=0, atol=1e-12)
     # The stored artifact is the scikit-learn pipeline.
     blob = aws.client("s3").get_object(Bucket=components.settings().bucket,
-                                       Key=storage.model_key(submission.model_id))["Body"].read()
+                                       Key=storage.artifact_key(submission.model_id, storage.PIPELINE_ARTIFACT))["Body"].read()
     pipeline = pickle.loads(blob)
     np.testing.assert_allclose(pipeline.predict_proba([[6.9, 3.1, 5.1, 2.3]]),
                                answer["prediction_probability"], rtol=0, atol=1e-12)
