@@ -30,6 +30,10 @@ class Settings:
     # How long a warm container trusts that a cached model still exists
     # before reading its status again (a deleted model answers until then).
     model_recheck_seconds: float
+    # A trainer holds a model for this long (the trainer Lambda's timeout):
+    # a second delivery of its message meanwhile does not train it again,
+    # and after a crash the next delivery takes over once the lease ends.
+    training_lease_seconds: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -42,4 +46,5 @@ class Settings:
             max_receives=int(os.environ.get("TRAINING_MAX_RECEIVES", "3")),
             model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
             model_recheck_seconds=float(os.environ.get("MODEL_RECHECK_SECONDS", "60")),
+            training_lease_seconds=float(os.environ.get("TRAINING_LEASE_SECONDS", "900")),
         )
