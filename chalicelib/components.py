@@ -41,7 +41,8 @@ def service() -> ModelService:
 
 @functools.cache
 def trainer() -> Trainer:
-    return Trainer(registry(), store(), settings().max_receives)
+    return Trainer(registry(), store(), settings().max_receives,
+                   settings().training_lease_seconds)
 
 
 def reset() -> None:

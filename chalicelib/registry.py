@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from decimal import Decimal
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -33,9 +34,6 @@ PUBLIC_STATUS = {
     Status.READY: READY_TEXT,
     Status.FAILED: FAILED_TEXT,
 }
-
-_TRAINABLE = [Status.SUBMITTING, Status.QUEUED, Status.TRAINING]
-
 
 @dataclass
 class ModelRecord:
@@ -120,8 +118,8 @@ class ModelRegistry:
             error=item.get("error"),
         )
 
-    def _transition(self, model_id: str, allowed: list[Status], new: Status, **values) -> bool:
-        """Moves the item to `new` only if its status is one of `allowed`."""
+    def _transition(self, model_id: str, condition, new: Status, **values) -> bool:
+        """Moves the item to `new` only if `condition` holds; False if it does not."""
         values["status"] = str(new)
         values["updated_at"] = now_iso()
         names = {f"#{k}": k for k in values}
@@ -129,7 +127,7 @@ class ModelRegistry:
             self._table.update_item(
                 Key={"model_id": model_id},
                 UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
-                ConditionExpression=Attr("status").is_in([str(s) for s in allowed]),
+                ConditionExpression=condition,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues={f":{k}": v for k, v in values.items()},
             )
@@ -139,19 +137,37 @@ class ModelRegistry:
             raise
         return True
 
+    @staticmethod
+    def _status_in(*statuses: Status):
+        return Attr("status").is_in([str(s) for s in statuses])
+
+    @staticmethod
+    def _held_by(owner: str):
+        return Attr("status").eq(str(Status.TRAINING)) & Attr("lease_owner").eq(owner)
+
     def mark_queued(self, model_id: str) -> bool:
-        return self._transition(model_id, [Status.SUBMITTING], Status.QUEUED)
+        return self._transition(model_id, self._status_in(Status.SUBMITTING), Status.QUEUED)
 
-    def start_training(self, model_id: str) -> bool:
-        return self._transition(model_id, _TRAINABLE, Status.TRAINING)
+    def start_training(self, model_id: str, owner: str, lease_seconds: float) -> bool:
+        """Takes the training lease: the model is waiting, or its last trainer's
+        lease has run out (it crashed). Two deliveries at once: one wins."""
+        now = time.time()
+        free = self._status_in(Status.SUBMITTING, Status.QUEUED) | (
+            Attr("status").eq(str(Status.TRAINING)) & Attr("lease_expires").lt(Decimal(str(now))))
+        return self._transition(model_id, free, Status.TRAINING, lease_owner=owner,
+                                lease_expires=Decimal(str(round(now + lease_seconds, 3))))
 
-    def mark_ready(self, model_id: str, classes: list) -> bool:
-        return self._transition(
-            model_id, [Status.TRAINING], Status.READY, classes=json.dumps(classes)
-        )
+    def release(self, model_id: str, owner: str) -> bool:
+        """Gives the lease up after a retryable failure, so the retry need not wait."""
+        return self._transition(model_id, self._held_by(owner), Status.TRAINING,
+                                lease_expires=Decimal(0))
 
-    def mark_failed(self, model_id: str, error: str) -> bool:
-        return self._transition(model_id, _TRAINABLE, Status.FAILED, error=error)
+    def mark_ready(self, model_id: str, classes: list, owner: str) -> bool:
+        return self._transition(model_id, self._held_by(owner), Status.READY,
+                                classes=json.dumps(classes))
+
+    def mark_failed(self, model_id: str, error: str, owner: str) -> bool:
+        return self._transition(model_id, self._held_by(owner), Status.FAILED, error=error)
 
     def delete(self, model_id: str) -> None:
         self._table.delete_item(Key={"model_id": model_id})

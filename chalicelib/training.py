@@ -5,9 +5,11 @@ trainer (and unpickling a model) needs it.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import pickle
 import time
+import uuid
 
 from chalicelib.csvdata import CsvError, TrainingData, parse_training
 from chalicelib.logs import log
@@ -31,11 +33,17 @@ def fit_pipeline(data: TrainingData):
     return pipeline
 
 
+class TrainingInProgress(Exception):
+    """Another delivery of the same message holds the model; retry later."""
+
+
 class Trainer:
-    def __init__(self, registry: ModelRegistry, store: ArtifactStore, max_receives: int):
+    def __init__(self, registry: ModelRegistry, store: ArtifactStore, max_receives: int,
+                 lease_seconds: float):
         self._registry = registry
         self._store = store
         self._max_receives = max_receives
+        self._lease_seconds = lease_seconds
 
     def handle(self, message: TrainingMessage, receive_count: int = 1) -> str:
         """Trains the message's model; returns what happened.
@@ -52,23 +60,33 @@ class Trainer:
         if record.status in (Status.READY, Status.FAILED):
             log("training.skipped", reason=f"model is already {record.status}", **ids)
             return "already done"
-        if not self._registry.start_training(message.model_id):
-            log("training.skipped", reason="status changed concurrently", **ids)
-            return "already done"
+        owner = uuid.uuid4().hex
+        if not self._registry.start_training(message.model_id, owner, self._lease_seconds):
+            record = self._registry.get(message.model_id)
+            if record is None or record.status in (Status.READY, Status.FAILED):
+                log("training.skipped", reason="finished by another delivery", **ids)
+                return "already done"
+            # Held by a live trainer. If it dies, this message comes back after
+            # its visibility timeout and takes over once the lease has run out.
+            log("training.deferred", reason="another delivery holds the lease", **ids)
+            raise TrainingInProgress(message.model_id)
         log("training.started", receive_count=receive_count, **ids)
         started = time.perf_counter()
         try:
             data = parse_training(self._store.get_dataset(message.dataset_key))
             pipeline = fit_pipeline(data)
         except (CsvError, ValueError) as error:
-            self._registry.mark_failed(message.model_id, str(error))
+            self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)
             return "failed"
         except Exception as error:
             if receive_count >= self._max_receives:
                 reason = (f"training failed {receive_count} times; last error: "
                           f"{type(error).__name__}: {error}")
-                self._registry.mark_failed(message.model_id, reason)
+                self._registry.mark_failed(message.model_id, reason, owner)
+            else:
+                with contextlib.suppress(Exception):  # else the lease simply runs out
+                    self._registry.release(message.model_id, owner)
             log("training.error", level=logging.ERROR, receive_count=receive_count,
                 error=f"{type(error).__name__}: {error}", **ids)
             raise
@@ -77,7 +95,9 @@ class Trainer:
                                  pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
         self._store.put_artifact(message.model_id, SERVING_ARTIFACT,
                                  ServingModel.from_pipeline(pipeline).to_bytes())
-        self._registry.mark_ready(message.model_id, data.classes)
+        if not self._registry.mark_ready(message.model_id, data.classes, owner):
+            log("training.lease_lost", level=logging.WARNING, **ids)
+            return "already done"
         log("training.ready", seconds=round(time.perf_counter() - started, 3),
             n_rows=data.n_rows, **ids)
         return "ready"

@@ -85,6 +85,9 @@ def main() -> None:
             print(f"Emulator: {endpoint} (moto server started here; state in memory, "
                   f"log {moto_log})", flush=True)
         stage.apply(args.stage, endpoint)
+        # The lease must end before the message comes back, or a redelivery
+        # after a crash would find it still held.
+        os.environ.setdefault("TRAINING_LEASE_SECONDS", str(max(1, args.visibility_timeout - 1)))
         settings = Settings.from_env()
         bootstrap.bootstrap(boto3.session.Session(), settings, args.visibility_timeout)
         print(f"Resources: bucket {settings.bucket}, table {settings.table}, "

@@ -148,9 +148,65 @@ def test_status_transitions_are_conditional(aws):
     assert not registry.create(ModelRecord(model_id="m", task_id="t2", status=Status.QUEUED,
                                            created_at=now_iso(), n_rows=1, n_features=1,
                                            dataset_key="k"))
-    assert not registry.mark_ready("m", [0, 1])  # not training yet
-    assert registry.start_training("m")
-    assert registry.mark_ready("m", [0, 1])
-    assert not registry.start_training("m")
-    assert not registry.mark_failed("m", "late")
+    assert not registry.mark_ready("m", [0, 1], "me")  # not training yet
+    assert registry.start_training("m", "me", lease_seconds=60)
+    assert not registry.start_training("m", "other", lease_seconds=60)  # lease held
+    assert not registry.mark_ready("m", [0, 1], "other")  # not the lease holder
+    assert registry.mark_ready("m", [0, 1], "me")
+    assert not registry.start_training("m", "other", lease_seconds=60)
+    assert not registry.mark_failed("m", "late", "me")
     assert registry.get("m").status == Status.READY
+
+
+def test_an_expired_or_released_lease_can_be_taken_over(aws):
+    registry = components.registry()
+    registry.create(ModelRecord(model_id="m", task_id="t", status=Status.QUEUED,
+                                created_at=now_iso(), n_rows=1, n_features=1, dataset_key="k"))
+    assert registry.start_training("m", "crashed", lease_seconds=-1)  # already expired
+    assert registry.start_training("m", "second", lease_seconds=60)
+    assert not registry.mark_ready("m", [0, 1], "crashed")  # the old holder lost it
+    assert registry.release("m", "second")
+    assert registry.start_training("m", "third", lease_seconds=60)
+
+
+def test_two_deliveries_at_once_train_once(aws, monkeypatch):
+    """Both trainers pass the first status read; the conditional lease decides."""
+    import threading
+
+    from chalicelib import training
+    from chalicelib.training import TrainingInProgress
+
+    submission = components.service().submit(IRIS)
+    [message] = queue_messages(aws, components.settings().queue)
+    training_message = TrainingMessage.from_json(message["Body"])
+    fits, both_read = [], threading.Barrier(2)
+    real_get, real_fit = components.registry().get, training.fit_pipeline
+
+    def get_then_wait(model_id):
+        record = real_get(model_id)
+        if record.status == Status.QUEUED:
+            both_read.wait(timeout=10)
+        return record
+
+    def counting_fit(data):
+        fits.append(1)
+        return real_fit(data)
+
+    monkeypatch.setattr(components.registry(), "get", get_then_wait)
+    monkeypatch.setattr(training, "fit_pipeline", counting_fit)
+    outcomes = []
+
+    def deliver():
+        try:
+            outcomes.append(components.trainer().handle(training_message))
+        except TrainingInProgress:
+            outcomes.append("deferred")
+
+    threads = [threading.Thread(target=deliver) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert sorted(outcomes) in (["already done", "ready"], ["deferred", "ready"])
+    assert len(fits) == 1
+    assert real_get(submission.model_id).status == Status.READY
