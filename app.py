@@ -20,6 +20,11 @@ def _body() -> bytes:
     return app.current_request.raw_body or b""
 
 
+@app.middleware("http")
+def require_api_key(event, get_response):
+    return api.check_api_key(event.headers) or get_response(event)
+
+
 @app.route("/models", methods=["POST"], content_types=api.ANY_CONTENT_TYPE)
 def create_model():
     return api.create_model(_content_type(), _body())

@@ -13,6 +13,7 @@ from chalicelib import components
 from chalicelib.aws import is_aws_failure
 from chalicelib.csvdata import CsvError
 from chalicelib.logs import log
+from chalicelib.security import ConfigurationError, TamperedArtifact
 from chalicelib.serving import ArtifactMissing
 from chalicelib.service import ModelFailed, ModelNotFound, ModelTraining
 
@@ -58,6 +59,10 @@ def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..
     def wrapper(*args, **kwargs) -> Response:
         try:
             return handler(*args, **kwargs)
+        except ConfigurationError as error:
+            log("configuration.error", level=logging.ERROR, error=str(error))
+            return _text(503, f"The service is misconfigured: {error}.",
+                         **{"Retry-After": str(RETRY_AFTER_SECONDS * 12)})
         except Exception as error:
             if not is_aws_failure(error):
                 raise
@@ -69,8 +74,33 @@ def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..
     return wrapper
 
 
+# API Gateway refuses requests over 10 MB; Lambda takes at most 6 MB in a
+# synchronous call. Checked before anything is parsed.
+TRAINING_BODY_LIMIT_BYTES = 10 * 1024 * 1024
+PREDICT_BODY_LIMIT_BYTES = 6 * 1024 * 1024
+
+
+def _too_large(body: bytes, limit: int, what: str) -> Response | None:
+    if len(body) <= limit:
+        return None
+    return _text(413, f"The body is {len(body) / 2**20:.1f} MB; {what} is limited to "
+                      f"{limit // 2**20} MB.")
+
+
+@_unavailable_on_aws_failure
+def check_api_key(headers) -> Response | None:
+    """None when the request may go on; else the 401/403 answer, the same for
+    every route and id so it never tells whether a model exists."""
+    refusal = components.api_keys().refusal(headers.get("x-api-key"))
+    return None if refusal is None else _text(*refusal)
+
+
 @_unavailable_on_aws_failure
 def create_model(content_type: str | None, body: bytes) -> Response:
+    too_large = _too_large(body, TRAINING_BODY_LIMIT_BYTES,
+                           "training data sent to POST /models (API Gateway's request limit)")
+    if too_large:
+        return too_large
     if not _is_csv(content_type):
         return _text(415, TRAINING_CSV_REQUIRED)
     try:
@@ -83,6 +113,10 @@ def create_model(content_type: str | None, body: bytes) -> Response:
 
 @_unavailable_on_aws_failure
 def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
+    too_large = _too_large(body, PREDICT_BODY_LIMIT_BYTES,
+                           "a prediction request (Lambda's request payload limit)")
+    if too_large:
+        return too_large
     if not _is_csv(content_type):
         return _text(415, PREDICT_CSV_REQUIRED)
     if not _MODEL_ID.fullmatch(model_id):
@@ -100,6 +134,10 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
     except ArtifactMissing:
         return _text(409, f"Model {model_id} is marked ready but its artifact is missing "
                           "from storage; train it again.")
+    except TamperedArtifact as error:
+        log("artifact.tampered", level=logging.ERROR, model_id=model_id, error=str(error))
+        return _text(409, f"Model {model_id} cannot be used: {error}; it was changed "
+                          "outside ml-api. Train it again.")
     return _predictions(answer)
 
 

@@ -7,6 +7,7 @@ from chalicelib import aws
 from chalicelib.config import Settings
 from chalicelib.queue import TrainingQueue
 from chalicelib.registry import ModelRegistry
+from chalicelib.security import ApiKeys, ArtifactSigner
 from chalicelib.serving import Predictor
 from chalicelib.service import ModelService
 from chalicelib.storage import ArtifactStore
@@ -25,7 +26,13 @@ def registry() -> ModelRegistry:
 
 @functools.cache
 def store() -> ArtifactStore:
-    return ArtifactStore(aws.client("s3"), settings().bucket)
+    return ArtifactStore(aws.client("s3"), settings().bucket,
+                         ArtifactSigner.from_env(lambda: aws.client("ssm")))
+
+
+@functools.cache
+def api_keys() -> ApiKeys:
+    return ApiKeys.from_env(lambda: aws.client("ssm"))
 
 
 @functools.cache
@@ -47,6 +54,6 @@ def trainer() -> Trainer:
 
 def reset() -> None:
     """Forgets every built component (tests switch endpoints between cases)."""
-    for getter in (settings, registry, store, service, trainer,
+    for getter in (settings, registry, store, api_keys, service, trainer,
                    aws.client, aws.resource, aws._session):
         getter.cache_clear()

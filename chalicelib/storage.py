@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from botocore.exceptions import ClientError
 
+from chalicelib.security import SIGNATURE_METADATA, ArtifactSigner
+
 # The fitted scikit-learn pipeline, pickled: for download and for scikit-learn users.
 PIPELINE_ARTIFACT = "model.pkl"
 # The arrays the numpy-only predict path needs (numpy .npz, no pickle).
@@ -18,9 +20,10 @@ def artifact_key(model_id: str, name: str) -> str:
 
 
 class ArtifactStore:
-    def __init__(self, s3, bucket: str):
+    def __init__(self, s3, bucket: str, signer: ArtifactSigner):
         self._s3 = s3  # a boto3 S3 client
         self._bucket = bucket
+        self._signer = signer
 
     def put_dataset(self, model_id: str, body: bytes) -> str:
         key = dataset_key(model_id)
@@ -34,15 +37,22 @@ class ArtifactStore:
         self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
 
     def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
-        # A single PUT is atomic in S3: readers see the whole object or none.
+        # A single PUT is atomic in S3: readers see the whole object or none,
+        # and the signature arrives with the bytes it signs.
         self._s3.put_object(Bucket=self._bucket, Key=artifact_key(model_id, name), Body=blob,
-                            ContentType="application/octet-stream")
+                            ContentType="application/octet-stream",
+                            Metadata={SIGNATURE_METADATA: self._signer.sign(blob)})
 
     def get_artifact(self, model_id: str, name: str) -> bytes | None:
+        """The artifact's bytes once their signature checks out (TamperedArtifact
+        if not), or None if there is no such artifact."""
+        key = artifact_key(model_id, name)
         try:
-            response = self._s3.get_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
+            response = self._s3.get_object(Bucket=self._bucket, Key=key)
         except ClientError as error:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
             raise
-        return response["Body"].read()
+        return self._signer.verify(response["Body"].read(),
+                                   response.get("Metadata", {}).get(SIGNATURE_METADATA),
+                                   f"s3://{self._bucket}/{key}")

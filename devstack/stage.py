@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -30,3 +31,20 @@ def apply(stage: str = "dev", endpoint: str | None = None) -> None:
         os.environ.setdefault("AWS_ACCESS_KEY_ID", "test")
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "test")
     os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    if not os.environ.get("MODEL_SIGNING_KEY") and os.environ.get("AWS_ENDPOINT_URL"):
+        os.environ["MODEL_SIGNING_KEY"] = dev_signing_key()
+
+
+def dev_signing_key() -> str:
+    """A key generated once per checkout for the local stack (.devstack/signing.key)."""
+    path = PROJECT_DIR / ".devstack" / "signing.key"
+    if not path.exists():
+        path.parent.mkdir(exist_ok=True)
+        # Exclusive create: of two processes starting at once, one writes it.
+        try:
+            with open(path, "x") as new:
+                new.write(secrets.token_hex(32))
+            path.chmod(0o600)
+        except FileExistsError:
+            pass
+    return path.read_text().strip()

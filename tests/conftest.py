@@ -14,6 +14,7 @@ from devstack import bootstrap, stage
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = (REPO / "iris.csv").read_bytes()
+TEST_SIGNING_KEY = "test-signing-key-0123456789abcdef"
 
 
 @pytest.fixture
@@ -23,6 +24,7 @@ def aws(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("MODEL_SIGNING_KEY", TEST_SIGNING_KEY)
     for name, value in stage.stage_environment("dev").items():
         monkeypatch.setenv(name, value)
     with mock_aws():

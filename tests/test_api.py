@@ -145,6 +145,7 @@ def test_aws_unreachable_answers_503_with_retry_after(monkeypatch):
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setenv("MODEL_SIGNING_KEY", "k" * 32)
     components.reset()
     try:
         with Client(app) as client:

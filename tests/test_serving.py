@@ -12,7 +12,7 @@ from chalicelib.csvdata import CsvError, parse_features
 from chalicelib.serving import Predictor, ServingModel
 from chalicelib.storage import SERVING_ARTIFACT
 from chalicelib.training import fit_pipeline
-from tests.conftest import IRIS
+from tests.conftest import IRIS, TEST_SIGNING_KEY
 
 
 def _datasets():
@@ -90,6 +90,7 @@ def test_predict_path_imports_neither_sklearn_nor_pandas(tmp_path):
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=str(components.__file__).rsplit("/chalicelib", 1)[0],
                             env={"PATH": "/usr/bin:/bin", "AWS_ACCESS_KEY_ID": "test",
+                                 "MODEL_SIGNING_KEY": TEST_SIGNING_KEY,
                                  "AWS_SECRET_ACCESS_KEY": "test"})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "['virginica'] []"

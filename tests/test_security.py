@@ -1,0 +1,140 @@
+"""Signed artifacts, API keys and body limits."""
+import pickle
+
+import pytest
+from chalice.test import Client
+
+from app import app
+from chalicelib import api, components
+from chalicelib.security import ApiKeys, ArtifactSigner, ConfigurationError, TamperedArtifact
+from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, artifact_key
+from tests.conftest import IRIS, queue_messages
+from tests.test_service import _train_queued
+
+CSV = {"Content-Type": "text/csv"}
+
+
+@pytest.fixture
+def ready_model(aws):
+    submission = components.service().submit(IRIS)
+    assert _train_queued(aws) == ["ready"]
+    return submission.model_id
+
+
+def _overwrite(session, model_id, name, blob, metadata=None):
+    kwargs = {"Metadata": metadata} if metadata is not None else {}
+    session.client("s3").put_object(Bucket=components.settings().bucket,
+                                    Key=artifact_key(model_id, name), Body=blob, **kwargs)
+
+
+def test_artifacts_carry_an_hmac_that_matches_their_bytes(aws, ready_model):
+    s3 = aws.client("s3")
+    for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
+        obj = s3.get_object(Bucket=components.settings().bucket, Key=artifact_key(ready_model, name))
+        blob = obj["Body"].read()
+        assert obj["Metadata"]["hmac-sha256"] == components.store()._signer.sign(blob)
+    pipeline = pickle.loads(components.store().get_artifact(ready_model, PIPELINE_ARTIFACT))
+    assert pipeline.predict([[6.9, 3.1, 5.1, 2.3]]).tolist() == ["virginica"]
+
+
+@pytest.mark.parametrize("metadata", [None, {"hmac-sha256": "0" * 64}])
+def test_a_tampered_artifact_is_refused_with_a_clear_error(aws, ready_model, metadata):
+    original = components.store().get_artifact(ready_model, SERVING_ARTIFACT)
+    _overwrite(aws, ready_model, SERVING_ARTIFACT, original[:-1] + b"\x00", metadata)
+    _overwrite(aws, ready_model, PIPELINE_ARTIFACT, pickle.dumps("not a model"), metadata)
+    with pytest.raises(TamperedArtifact, match="integrity check"):
+        components.store().get_artifact(ready_model, PIPELINE_ARTIFACT)
+    components.reset()  # a cold container, so the model is read from S3
+    with Client(app) as client:
+        response = client.http.get(f"/models/{ready_model}", headers=CSV, body=b"1,2,3,4")
+    assert response.status_code == 409
+    assert "failed its integrity check (HMAC-SHA256" in response.body.decode()
+    assert "changed outside ml-api" in response.body.decode()
+
+
+def test_another_key_cannot_verify():
+    ours = ArtifactSigner(lambda: b"a" * 32)
+    theirs = ArtifactSigner(lambda: b"b" * 32)
+    with pytest.raises(TamperedArtifact):
+        ours.verify(b"blob", theirs.sign(b"blob"), "x")
+    assert ours.verify(b"blob", ours.sign(b"blob"), "x") == b"blob"
+
+
+def test_missing_signing_key_is_a_503_not_a_crash(aws, ready_model, monkeypatch):
+    monkeypatch.delenv("MODEL_SIGNING_KEY")
+    components.reset()
+    with pytest.raises(ConfigurationError):
+        components.store().get_artifact(ready_model, SERVING_ARTIFACT)
+    with Client(app) as client:
+        response = client.http.get(f"/models/{ready_model}", headers=CSV, body=b"1,2,3,4")
+        assert response.status_code == 503
+        assert "no model signing key" in response.body.decode()
+        # Routes that need no artifact still work.
+        assert client.http.post(f"/check_model_status/{ready_model}").status_code == 200
+
+
+def test_signing_key_from_ssm(aws, monkeypatch):
+    aws.client("ssm").put_parameter(Name="/ml-api/dev/model-signing-key", Type="SecureString",
+                                    Value="from-ssm-0123456789")
+    monkeypatch.delenv("MODEL_SIGNING_KEY")
+    monkeypatch.setenv("MODEL_SIGNING_KEY_PARAMETER", "/ml-api/dev/model-signing-key")
+    signer = ArtifactSigner.from_env(lambda: aws.client("ssm"))
+    assert signer.verify(b"x", ArtifactSigner(lambda: b"from-ssm-0123456789").sign(b"x"), "x")
+
+
+@pytest.fixture
+def keyed(aws, monkeypatch):
+    monkeypatch.setenv("REQUIRE_API_KEY", "true")
+    monkeypatch.setenv("API_KEYS", "alpha-key,beta-key")
+    components.reset()
+    with Client(app) as client:
+        yield client
+
+
+@pytest.mark.parametrize("method, path", [
+    ("POST", "/models"), ("GET", "/models/model_x"), ("POST", "/models/model_x"),
+    ("POST", "/check_model_status/model_x"), ("GET", "/check_model_status/model_x")])
+def test_api_key_required_when_turned_on(keyed, method, path):
+    missing = keyed.http.request(method, path, headers=CSV, body=IRIS)
+    assert (missing.status_code, missing.body.decode()) == (
+        401, "Missing API key: send it in the X-Api-Key header.")
+    wrong = keyed.http.request(method, path, headers={**CSV, "X-Api-Key": "nope"}, body=IRIS)
+    assert (wrong.status_code, wrong.body.decode()) == (403, "The API key in X-Api-Key is not valid.")
+
+
+def test_refusals_do_not_tell_whether_a_model_exists(keyed):
+    model_id = keyed.http.post("/models", headers={**CSV, "X-Api-Key": "beta-key"},
+                               body=IRIS).json_body["model_id"]
+    for path in (f"/check_model_status/{model_id}", "/check_model_status/model_unknown"):
+        assert keyed.http.post(path).body.decode() == "Missing API key: send it in the X-Api-Key header."
+        assert keyed.http.post(path, headers={"X-Api-Key": "x"}).status_code == 403
+    ok = keyed.http.post(f"/check_model_status/{model_id}", headers={"X-Api-Key": "alpha-key"})
+    assert ok.status_code == 200
+
+
+def test_api_keys_off_by_default_in_dev_on_in_prod():
+    from devstack import stage
+    assert stage.stage_environment("dev").get("REQUIRE_API_KEY", "false") == "false"
+    assert stage.stage_environment("prod")["REQUIRE_API_KEY"] == "true"
+    assert not ApiKeys.from_env(lambda: None).required
+
+
+def test_required_but_no_keys_configured_refuses_everything():
+    keys = ApiKeys(frozenset())
+    assert keys.refusal("anything")[0] == 403
+
+
+def test_bodies_over_the_limits_are_413_before_parsing(aws, monkeypatch):
+    with Client(app) as client:
+        big = b"x" * (api.TRAINING_BODY_LIMIT_BYTES + 1)
+        response = client.http.post("/models", headers=CSV, body=big)
+        assert response.status_code == 413
+        assert response.body.decode() == (
+            "The body is 10.0 MB; training data sent to POST /models (API Gateway's request "
+            "limit) is limited to 10 MB.")
+        big = b"x" * (api.PREDICT_BODY_LIMIT_BYTES + 1)
+        response = client.http.post("/models/model_x", headers=CSV, body=big)
+        assert response.status_code == 413
+        assert "a prediction request (Lambda's request payload limit) is limited to 6 MB" in \
+            response.body.decode()
+    assert queue_messages(aws, components.settings().queue) == []
