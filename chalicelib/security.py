@@ -11,6 +11,8 @@ import hmac
 import os
 from typing import Callable
 
+from botocore.exceptions import ClientError
+
 SIGNATURE_METADATA = "hmac-sha256"
 
 
@@ -28,9 +30,15 @@ def _from_environment_or_ssm(value_variable: str, parameter_variable: str,
     if value:
         return value
     parameter = os.environ.get(parameter_variable)
-    if parameter:
+    if not parameter:
+        return None
+    try:
         return ssm_client().get_parameter(Name=parameter, WithDecryption=True)["Parameter"]["Value"]
-    return None
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ParameterNotFound":
+            raise
+        raise ConfigurationError(f"the SSM parameter {parameter} ({parameter_variable}) "
+                                 "does not exist") from None
 
 
 class ArtifactSigner:

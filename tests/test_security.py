@@ -62,13 +62,18 @@ def test_another_key_cannot_verify():
 
 def test_missing_signing_key_is_a_503_not_a_crash(aws, ready_model, monkeypatch):
     monkeypatch.delenv("MODEL_SIGNING_KEY")
+    monkeypatch.delenv("MODEL_SIGNING_KEY_PARAMETER")
     components.reset()
-    with pytest.raises(ConfigurationError):
+    with pytest.raises(ConfigurationError, match="no model signing key"):
         components.store().get_artifact(ready_model, SERVING_ARTIFACT)
+    components.reset()
+    # The dev stage names an SSM parameter that was never created.
     with Client(app) as client:
         response = client.http.get(f"/models/{ready_model}", headers=CSV, body=b"1,2,3,4")
         assert response.status_code == 503
-        assert "no model signing key" in response.body.decode()
+        assert response.body.decode() == (
+            "The service is misconfigured: the SSM parameter /ml-api/dev/model-signing-key "
+            "(MODEL_SIGNING_KEY_PARAMETER) does not exist.")
         # Routes that need no artifact still work.
         assert client.http.post(f"/check_model_status/{ready_model}").status_code == 200
 
@@ -84,10 +89,18 @@ def test_signing_key_from_ssm(aws, monkeypatch):
 
 @pytest.fixture
 def keyed(aws, monkeypatch):
-    monkeypatch.setenv("REQUIRE_API_KEY", "true")
-    monkeypatch.setenv("API_KEYS", "alpha-key,beta-key")
+    """The prod stage, whose keys live in SSM."""
+    from chalicelib.config import Settings
+    from devstack import bootstrap, stage
+
+    prod = stage.stage_environment("prod")
+    aws.client("ssm").put_parameter(Name=prod["API_KEYS_PARAMETER"], Type="SecureString",
+                                    Value="alpha-key,beta-key")
+    for name, value in prod.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.bootstrap(aws, Settings.from_env())
     components.reset()
-    with Client(app) as client:
+    with Client(app, stage_name="prod") as client:
         yield client
 
 
