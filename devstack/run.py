@@ -16,11 +16,14 @@ import time
 from pathlib import Path
 
 import boto3
+from botocore.exceptions import BotoCoreError, ClientError
 
+from chalicelib import aws
 from chalicelib.config import Settings
 from devstack import bootstrap, emulator, stage
 
 HOST = "127.0.0.1"
+RESOURCE_CHECK_SECONDS = 2
 
 
 def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: float = 60) -> None:
@@ -32,6 +35,21 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
             return
         time.sleep(0.1)
     raise SystemExit(f"{what} did not answer on {HOST}:{port} within {timeout:.0f} s")
+
+
+def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout: int) -> None:
+    """An emulator that restarted comes back empty (its state lives in memory):
+    create the resources again so the API works without a restart."""
+    try:
+        s3.head_bucket(Bucket=settings.bucket)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+            return
+        bootstrap.bootstrap(session, settings, visibility_timeout)
+        print("The emulator lost its state (restarted?): bucket, table and queues created "
+              "again; earlier models are gone.", file=sys.stderr, flush=True)
+    except BotoCoreError:
+        pass  # down: the API answers 503 until it is back
 
 
 def _stop(processes: list[subprocess.Popen]) -> None:
@@ -53,7 +71,8 @@ def main() -> None:
     parser.add_argument("--emulator-port", type=int,
                         default=int(os.environ.get("EMULATOR_PORT", stage.DEFAULT_EMULATOR_PORT)))
     parser.add_argument("--stage", default="dev")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("RUNNER_WORKERS", "1")),
+    parser.add_argument("--workers", type=int,
+                        default=int(os.environ.get("RUNNER_WORKERS", os.cpu_count() or 1)),
                         help="training messages processed at once")
     parser.add_argument("--visibility-timeout", type=int,
                         default=int(os.environ.get("TRAINING_VISIBILITY_TIMEOUT", "60")),
@@ -85,11 +104,12 @@ def main() -> None:
             print(f"Emulator: {endpoint} (moto server started here; state in memory, "
                   f"log {moto_log})", flush=True)
         stage.apply(args.stage, endpoint)
+        session = boto3.session.Session()
         # The lease must end before the message comes back, or a redelivery
         # after a crash would find it still held.
         os.environ.setdefault("TRAINING_LEASE_SECONDS", str(max(1, args.visibility_timeout - 1)))
         settings = Settings.from_env()
-        bootstrap.bootstrap(boto3.session.Session(), settings, args.visibility_timeout)
+        bootstrap.bootstrap(session, settings, args.visibility_timeout)
         print(f"Resources: bucket {settings.bucket}, table {settings.table}, "
               f"queue {settings.queue} (dead letters: {settings.dead_letter_queue})", flush=True)
 
@@ -106,12 +126,17 @@ def main() -> None:
         _wait_for_port(args.port, api, "the API server")
         print(f"Ready. Try: curl -X POST -H 'Content-Type: text/csv' --data-binary @iris.csv "
               f"http://{HOST}:{args.port}/models   (Ctrl-C stops everything)", flush=True)
+        s3 = session.client("s3", config=aws.CLIENT_CONFIG)
+        next_check = time.monotonic() + RESOURCE_CHECK_SECONDS
         while not stopping:
             for process in processes:
                 if process.poll() is not None:
                     print(f"{process.args[2:4]} exited with code {process.returncode}; "
                           "stopping", file=sys.stderr, flush=True)
                     stopping = True
+            if not stopping and time.monotonic() > next_check:
+                _recreate_lost_resources(s3, session, settings, args.visibility_timeout)
+                next_check = time.monotonic() + RESOURCE_CHECK_SECONDS
             time.sleep(0.2)
     finally:
         _stop(processes)

@@ -109,7 +109,10 @@ class SqsEventSourceRunner:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Feed SQS training messages to the trainer.")
     parser.add_argument("--stage", default="dev")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("RUNNER_WORKERS", "1")))
+    parser.add_argument("--workers", type=int,
+                        default=int(os.environ.get("RUNNER_WORKERS", os.cpu_count() or 1)),
+                        help="messages processed at once, like an event source mapping's "
+                             "maximum concurrency (default: the number of cores)")
     args = parser.parse_args()
     stage.apply(args.stage)
 
