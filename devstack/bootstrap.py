@@ -1,88 +1,351 @@
-"""Creates the bucket, table and queues the app uses. Idempotent: running it
-twice changes nothing. Works against an emulator (AWS_ENDPOINT_URL) or AWS.
+"""Creates the bucket, table and queues defined in infra/resources.json, with
+boto3: against an emulator (AWS_ENDPOINT_URL: moto's server, LocalStack) or
+AWS itself before `chalice deploy`. The CloudFormation path (`make package`)
+merges the same definition into its template instead.
 
-    python -m devstack.bootstrap [--stage dev]
+Idempotent: a second run changes nothing, and a run after the definition
+changed brings existing resources in line (queue attributes, TTL, bucket
+settings). Every property in the definition must be one this module applies,
+so the two paths cannot drift apart silently.
+
+    python -m devstack.bootstrap [--stage dev] [--visibility-timeout N]
+    python -m devstack.bootstrap --stage dev --delete [--including-data]
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
+from typing import Any, Callable
 
 import boto3
 from botocore.exceptions import ClientError
 
 from chalicelib.config import Settings
 from devstack import stage
+from infra import definition
+from infra.definition import DefinitionError
+
+# The queue whose visibility timeout a local run may shorten (see bootstrap()).
+TRAINING_QUEUE = "TrainingQueue"
+# Against an emulator a failed training comes back after this long, not after
+# the definition's 6 x 900 s.
+LOCAL_VISIBILITY_TIMEOUT = 60
+
+Attributes = dict[str, str]  # what Ref and Fn::GetAtt resolve to, per resource
 
 
-def ensure_bucket(s3, name: str, region: str) -> None:
+def _code(error: ClientError) -> str:
+    return error.response["Error"]["Code"]
+
+
+def _only(logical: str, kind: str, properties: dict, supported: set[str],
+          required: set[str]) -> None:
+    unknown = set(properties) - supported
+    if unknown:
+        raise DefinitionError(
+            f"{definition.DEFINITION_PATH.name}: {logical} ({kind}) sets "
+            f"{', '.join(sorted(unknown))}, which devstack.bootstrap does not apply; "
+            "teach devstack/bootstrap.py to apply it (and test it) or remove it")
+    missing = required - set(properties)
+    if missing:
+        raise DefinitionError(f"{definition.DEFINITION_PATH.name}: {logical} ({kind}) "
+                              f"needs {', '.join(sorted(missing))}")
+
+
+# --- one function per resource type -----------------------------------------------
+
+def ensure_bucket(session, logical: str, props: dict) -> Attributes:
+    _only(logical, "AWS::S3::Bucket", props,
+          {"BucketName", "BucketEncryption", "PublicAccessBlockConfiguration",
+           "OwnershipControls"}, {"BucketName"})
+    s3 = session.client("s3")
+    name, region = props["BucketName"], session.region_name or "us-east-1"
     kwargs = {} if region == "us-east-1" else {
         "CreateBucketConfiguration": {"LocationConstraint": region}}
     try:
         s3.create_bucket(Bucket=name, **kwargs)
     except ClientError as error:
-        if error.response["Error"]["Code"] != "BucketAlreadyOwnedByYou":
+        if _code(error) == "BucketAlreadyExists":
+            raise SystemExit(f"bucket {name} belongs to another AWS account (bucket names "
+                             "are global): choose another MODELS_BUCKET in "
+                             ".chalice/config.json and in the policy file") from None
+        if _code(error) != "BucketAlreadyOwnedByYou":
             raise
-    s3.put_public_access_block(Bucket=name, PublicAccessBlockConfiguration={
-        "BlockPublicAcls": True, "IgnorePublicAcls": True,
-        "BlockPublicPolicy": True, "RestrictPublicBuckets": True})
+    if "OwnershipControls" in props:
+        s3.put_bucket_ownership_controls(Bucket=name, OwnershipControls=props["OwnershipControls"])
+    if "PublicAccessBlockConfiguration" in props:
+        s3.put_public_access_block(
+            Bucket=name, PublicAccessBlockConfiguration=props["PublicAccessBlockConfiguration"])
+    if "BucketEncryption" in props:
+        # CloudFormation's ServerSideEncryptionByDefault is the API's
+        # ApplyServerSideEncryptionByDefault.
+        rules = []
+        for rule in props["BucketEncryption"]["ServerSideEncryptionConfiguration"]:
+            rule = dict(rule)
+            rule["ApplyServerSideEncryptionByDefault"] = rule.pop("ServerSideEncryptionByDefault")
+            rules.append(rule)
+        s3.put_bucket_encryption(Bucket=name,
+                                 ServerSideEncryptionConfiguration={"Rules": rules})
+    partition = session.get_partition_for_region(region)
+    return {"Ref": name, "Arn": f"arn:{partition}:s3:::{name}"}
 
 
-def ensure_table(dynamodb, name: str) -> None:
+def _key_schema(schema: list[dict]) -> list[tuple[str, str]]:
+    return sorted((key["AttributeName"], key["KeyType"]) for key in schema)
+
+
+def ensure_table(session, logical: str, props: dict) -> Attributes:
+    _only(logical, "AWS::DynamoDB::Table", props,
+          {"TableName", "BillingMode", "AttributeDefinitions", "KeySchema",
+           "TimeToLiveSpecification"},
+          {"TableName", "BillingMode", "AttributeDefinitions", "KeySchema"})
+    dynamodb = session.client("dynamodb")
+    name = props["TableName"]
     try:
-        dynamodb.create_table(
-            TableName=name,
-            KeySchema=[{"AttributeName": "model_id", "KeyType": "HASH"}],
-            AttributeDefinitions=[{"AttributeName": "model_id", "AttributeType": "S"}],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        dynamodb.create_table(TableName=name, KeySchema=props["KeySchema"],
+                              AttributeDefinitions=props["AttributeDefinitions"],
+                              BillingMode=props["BillingMode"])
     except ClientError as error:
-        if error.response["Error"]["Code"] != "ResourceInUseException":
+        if _code(error) != "ResourceInUseException":
             raise
     dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    table = dynamodb.describe_table(TableName=name)["Table"]
+    if _key_schema(table["KeySchema"]) != _key_schema(props["KeySchema"]):
+        raise SystemExit(f"table {name} exists with key {table['KeySchema']}, but the "
+                         f"definition wants {props['KeySchema']}; a key cannot be changed "
+                         "in place (delete the table or choose another MODELS_TABLE)")
+    billing = table.get("BillingModeSummary", {}).get("BillingMode", "PROVISIONED")
+    if billing != props["BillingMode"]:
+        dynamodb.update_table(TableName=name, BillingMode=props["BillingMode"])
+        dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    if "TimeToLiveSpecification" in props:
+        _ensure_ttl(dynamodb, name, props["TimeToLiveSpecification"])
+    return {"Ref": name, "Arn": table["TableArn"]}
 
 
-def _ensure_queue(sqs, name: str, attributes: dict[str, str]) -> str:
+def _ensure_ttl(dynamodb, table: str, wanted: dict) -> None:
+    current = dynamodb.describe_time_to_live(TableName=table)["TimeToLiveDescription"]
+    enabled = current.get("TimeToLiveStatus") in ("ENABLED", "ENABLING")
+    if wanted["Enabled"]:
+        if enabled and current.get("AttributeName") == wanted["AttributeName"]:
+            return
+        if enabled:
+            raise SystemExit(f"table {table} has TTL on {current.get('AttributeName')!r}, the "
+                             f"definition wants {wanted['AttributeName']!r}: disable TTL first "
+                             "(DynamoDB then allows the change only after about an hour)")
+    elif not enabled:
+        return
+    dynamodb.update_time_to_live(TableName=table, TimeToLiveSpecification={
+        "Enabled": wanted["Enabled"],
+        "AttributeName": wanted.get("AttributeName") or current.get("AttributeName")})
+
+
+_QUEUE_ATTRIBUTES = {"VisibilityTimeout", "MessageRetentionPeriod", "SqsManagedSseEnabled",
+                     "RedrivePolicy", "DelaySeconds", "MaximumMessageSize",
+                     "ReceiveMessageWaitTimeSeconds"}
+
+
+def _attribute(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def ensure_queue(session, logical: str, props: dict) -> Attributes:
+    _only(logical, "AWS::SQS::Queue", props, {"QueueName"} | _QUEUE_ATTRIBUTES, {"QueueName"})
+    sqs = session.client("sqs")
+    name = props["QueueName"]
+    attributes = {key: _attribute(value) for key, value in props.items() if key != "QueueName"}
     try:
         url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
     except ClientError as error:
-        if error.response["Error"]["Code"] not in ("QueueAlreadyExists", "QueueNameExists"):
+        if _code(error) == "AWS.SimpleQueueService.QueueDeletedRecently":
+            raise SystemExit(f"queue {name} was deleted less than 60 s ago; SQS refuses the "
+                             "name until then: run this again in a minute") from None
+        if _code(error) not in ("QueueAlreadyExists", "QueueNameExists"):
             raise
+        # Same name, other attributes: bring them in line.
         url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
         sqs.set_queue_attributes(QueueUrl=url, Attributes=attributes)
-    return url
+    arn = sqs.get_queue_attributes(QueueUrl=url,
+                                   AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return {"Ref": url, "Arn": arn, "QueueName": name}
 
 
-def ensure_queues(sqs, settings: Settings, visibility_timeout: int) -> str:
-    dlq_url = _ensure_queue(sqs, settings.dead_letter_queue,
-                            {"MessageRetentionPeriod": str(14 * 24 * 3600)})
-    dlq_arn = sqs.get_queue_attributes(
-        QueueUrl=dlq_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
-    return _ensure_queue(sqs, settings.queue, {
-        "VisibilityTimeout": str(visibility_timeout),
-        "RedrivePolicy": json.dumps({"deadLetterTargetArn": dlq_arn,
-                                     "maxReceiveCount": str(settings.max_receives)}),
-    })
+HANDLERS: dict[str, Callable[[Any, str, dict], Attributes]] = {
+    "AWS::S3::Bucket": ensure_bucket,
+    "AWS::DynamoDB::Table": ensure_table,
+    "AWS::SQS::Queue": ensure_queue,
+}
+
+
+# --- CloudFormation's intrinsic functions, as far as the definition uses them ------
+
+def _references(value: Any) -> set[str]:
+    """The logical ids a value refers to (Ref, Fn::GetAtt)."""
+    if isinstance(value, list):
+        return set().union(*(_references(item) for item in value))
+    if not isinstance(value, dict):
+        return set()
+    if set(value) == {"Ref"}:
+        return set() if value["Ref"].startswith("AWS::") else {value["Ref"]}
+    if set(value) == {"Fn::GetAtt"}:
+        return {value["Fn::GetAtt"][0]}
+    return set().union(*(_references(item) for item in value.values()))
+
+
+def _resolve(value: Any, done: dict[str, Attributes], pseudo: dict[str, str]) -> Any:
+    if isinstance(value, list):
+        return [_resolve(item, done, pseudo) for item in value]
+    if not isinstance(value, dict):
+        return value
+
+    def attribute(logical: str, name: str) -> str:
+        if logical in pseudo and name == "Ref":
+            return pseudo[logical]
+        try:
+            return done[logical][name]
+        except KeyError:
+            raise DefinitionError(f"cannot resolve {logical}.{name}: bootstrap knows "
+                                  f"{sorted(done.get(logical, {}))} of {logical}") from None
+
+    if set(value) == {"Ref"}:
+        return attribute(value["Ref"], "Ref")
+    if set(value) == {"Fn::GetAtt"}:
+        logical, name = value["Fn::GetAtt"]
+        return attribute(logical, name)
+    intrinsic = [key for key in value if key.startswith("Fn::")]
+    if intrinsic:
+        raise DefinitionError(f"devstack.bootstrap does not evaluate {intrinsic[0]}; "
+                              "use Ref or Fn::GetAtt in infra/resources.json")
+    return {key: _resolve(item, done, pseudo) for key, item in value.items()}
+
+
+def apply(session: boto3.session.Session, resources: dict[str, dict]) -> dict[str, Attributes]:
+    """Creates or updates every resource, each after those it refers to."""
+    region = session.region_name or "us-east-1"
+    pseudo = {"AWS::Region": region, "AWS::Partition": session.get_partition_for_region(region)}
+    for logical, resource in resources.items():
+        if resource.get("Type") not in HANDLERS:
+            raise DefinitionError(f"{definition.DEFINITION_PATH.name}: {logical} has type "
+                                  f"{resource.get('Type')!r}; devstack.bootstrap creates "
+                                  f"{', '.join(sorted(HANDLERS))}")
+    done: dict[str, Attributes] = {}
+    pending = dict(resources)
+    while pending:
+        ready = [logical for logical, resource in pending.items()
+                 if _references(resource.get("Properties", {})) <= done.keys()]
+        if not ready:
+            raise DefinitionError(f"unresolvable references among {sorted(pending)}")
+        for logical in ready:
+            resource = pending.pop(logical)
+            properties = _resolve(resource.get("Properties", {}), done, pseudo)
+            done[logical] = HANDLERS[resource["Type"]](session, logical, properties)
+    return done
 
 
 def bootstrap(session: boto3.session.Session, settings: Settings,
-              visibility_timeout: int = 60) -> None:
-    ensure_bucket(session.client("s3"), settings.bucket, session.region_name or "us-east-1")
-    ensure_table(session.client("dynamodb"), settings.table)
-    ensure_queues(session.client("sqs"), settings, visibility_timeout)
+              visibility_timeout: int | None = None) -> dict[str, Attributes]:
+    """Creates what infra/resources.json defines, named after `settings`.
+
+    `visibility_timeout` overrides the training queue's (6 x the trainer's
+    Lambda timeout in the definition): locally a failed training should come
+    back within seconds or a minute, not 90 minutes.
+    """
+    resources = definition.render(settings)["Resources"]
+    if visibility_timeout is not None:
+        resources[TRAINING_QUEUE]["Properties"]["VisibilityTimeout"] = visibility_timeout
+    return apply(session, resources)
+
+
+# --- teardown ----------------------------------------------------------------------
+
+def _gone(error: ClientError) -> bool:
+    return _code(error) in ("NoSuchBucket", "ResourceNotFoundException",
+                            "AWS.SimpleQueueService.NonExistentQueue", "QueueDoesNotExist")
+
+
+def _empty_bucket(s3, bucket: str) -> None:
+    paginator = s3.get_paginator("list_object_versions")
+    for page in paginator.paginate(Bucket=bucket):
+        objects = [{"Key": o["Key"], "VersionId": o["VersionId"]}
+                   for o in page.get("Versions", []) + page.get("DeleteMarkers", [])]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+
+def teardown(session: boto3.session.Session, settings: Settings,
+             including_data: bool = False) -> list[str]:
+    """Deletes what bootstrap created, in reverse order. Resources whose
+    DeletionPolicy is Retain (the bucket and the table: the models) stay unless
+    `including_data`. Returns what was deleted; missing resources are skipped."""
+    resources = definition.render(settings)["Resources"]
+    deleted = []
+    for logical, resource in reversed(list(resources.items())):
+        if resource.get("DeletionPolicy") == "Retain" and not including_data:
+            continue
+        props, kind = resource["Properties"], resource["Type"]
+        try:
+            if kind == "AWS::SQS::Queue":
+                sqs = session.client("sqs")
+                sqs.delete_queue(QueueUrl=sqs.get_queue_url(QueueName=props["QueueName"])["QueueUrl"])
+            elif kind == "AWS::DynamoDB::Table":
+                session.client("dynamodb").delete_table(TableName=props["TableName"])
+            elif kind == "AWS::S3::Bucket":
+                s3 = session.client("s3")
+                _empty_bucket(s3, props["BucketName"])
+                s3.delete_bucket(Bucket=props["BucketName"])
+            else:
+                raise DefinitionError(f"teardown does not know how to delete {kind} ({logical})")
+        except ClientError as error:
+            if _gone(error):
+                continue
+            raise
+        deleted.append(logical)
+    return deleted
+
+
+def _default_visibility_timeout() -> int | None:
+    if os.environ.get("TRAINING_VISIBILITY_TIMEOUT"):
+        return int(os.environ["TRAINING_VISIBILITY_TIMEOUT"])
+    return LOCAL_VISIBILITY_TIMEOUT if os.environ.get("AWS_ENDPOINT_URL") else None
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="dev")
-    parser.add_argument("--visibility-timeout", type=int, default=60,
-                        help="seconds before an unfinished training message is redelivered")
+    parser.add_argument("--visibility-timeout", type=int,
+                        help="seconds before an unfinished training message is redelivered "
+                             "(default: TRAINING_VISIBILITY_TIMEOUT, else "
+                             f"{LOCAL_VISIBILITY_TIMEOUT} against an emulator, else the "
+                             "definition's 6 x the trainer's timeout)")
+    parser.add_argument("--delete", action="store_true",
+                        help="delete the queues instead (and with --including-data the "
+                             "bucket, emptied, and the table)")
+    parser.add_argument("--including-data", action="store_true")
     args = parser.parse_args()
     stage.apply(args.stage)
     settings = Settings.from_env()
-    bootstrap(boto3.session.Session(), settings, args.visibility_timeout)
-    print(f"ready: bucket {settings.bucket}, table {settings.table}, "
-          f"queue {settings.queue} (dead letters: {settings.dead_letter_queue})")
+    session = boto3.session.Session()
+    where = os.environ.get("AWS_ENDPOINT_URL") or f"AWS ({session.region_name})"
+    if args.delete:
+        deleted = teardown(session, settings, args.including_data)
+        print(f"deleted from {where}: {', '.join(deleted) or 'nothing (already gone)'}")
+        if not args.including_data:
+            print(f"kept (DeletionPolicy Retain): bucket {settings.bucket}, table "
+                  f"{settings.table}; add --including-data to delete them and every model")
+        return
+    visibility = (args.visibility_timeout if args.visibility_timeout is not None
+                  else _default_visibility_timeout())
+    done = bootstrap(session, settings, visibility)
+    attributes = session.client("sqs").get_queue_attributes(
+        QueueUrl=done[TRAINING_QUEUE]["Ref"], AttributeNames=["VisibilityTimeout"])["Attributes"]
+    print(f"ready in {where}: bucket {settings.bucket}, table {settings.table}, "
+          f"queue {settings.queue} (visibility timeout {attributes['VisibilityTimeout']} s; "
+          f"dead letters: {settings.dead_letter_queue})")
 
 
 if __name__ == "__main__":

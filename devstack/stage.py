@@ -20,6 +20,17 @@ def stage_environment(stage: str = "dev") -> dict[str, str]:
     return env
 
 
+def deployed_settings(stage: str = "dev"):
+    """Settings as the stage's Lambda functions see them: .chalice/config.json's
+    variables only, nothing from this shell (what infrastructure is built for)."""
+    from unittest import mock
+
+    from chalicelib.config import Settings
+
+    with mock.patch.dict(os.environ, stage_environment(stage), clear=True):
+        return Settings.from_env()
+
+
 def apply(stage: str = "dev", endpoint: str | None = None) -> None:
     """Sets what the app reads, keeping anything the caller already set."""
     for name, value in stage_environment(stage).items():
