@@ -1,14 +1,18 @@
-"""boto3 clients, built once per Lambda container with explicit timeouts.
+"""AWS clients, built once per Lambda container with explicit timeouts.
 
-The endpoint comes from boto3 itself: AWS_ENDPOINT_URL points every client at
-an emulator (moto's server or LocalStack); unset, the clients talk to AWS.
+botocore's low-level clients only: importing boto3 pulls in s3transfer and
+its resource layer, about a tenth of a second of every cold start for
+nothing the app uses.
+
+The endpoint comes from botocore itself: AWS_ENDPOINT_URL points every client
+at an emulator (moto's server or LocalStack); unset, the clients talk to AWS.
 """
 from __future__ import annotations
 
 import functools
 import threading
 
-import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -24,30 +28,15 @@ _lock = threading.Lock()
 
 
 @functools.cache
-def _session() -> boto3.session.Session:
-    return boto3.session.Session()
+def _session() -> botocore.session.Session:
+    return botocore.session.get_session()
 
 
 @functools.cache
 def client(service: str):
-    # boto3 sessions are not thread-safe while creating clients; the clients are.
+    # Sessions are not thread-safe while creating clients; the clients are.
     with _lock:
-        return _session().client(service, config=CLIENT_CONFIG)
-
-
-@functools.cache
-def resource(service: str):
-    with _lock:
-        return _session().resource(service, config=CLIENT_CONFIG)
-
-
-class ServiceUnavailable(Exception):
-    """An AWS dependency failed in a way worth retrying later."""
-
-    def __init__(self, what: str, cause: Exception):
-        super().__init__(f"{what}: {cause}")
-        self.what = what
-        self.cause = cause
+        return _session().create_client(service, config=CLIENT_CONFIG)
 
 
 def is_aws_failure(error: BaseException) -> bool:

@@ -21,7 +21,7 @@ def settings() -> Settings:
 
 @functools.cache
 def registry() -> ModelRegistry:
-    return ModelRegistry(aws.resource("dynamodb").Table(settings().table))
+    return ModelRegistry(aws.client("dynamodb"), settings().table)
 
 
 @functools.cache
@@ -55,5 +55,5 @@ def trainer() -> Trainer:
 def reset() -> None:
     """Forgets every built component (tests switch endpoints between cases)."""
     for getter in (settings, registry, store, api_keys, service, trainer,
-                   aws.client, aws.resource, aws._session):
+                   aws.client, aws._session):
         getter.cache_clear()

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import time
-from decimal import Decimal
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from boto3.dynamodb.conditions import Attr
 from botocore.exceptions import ClientError
 
 
@@ -47,6 +45,10 @@ class ModelRecord:
     classes: list | None = None
     error: str | None = None
     updated_at: str | None = None
+    # The serving arrays and their signature, when small enough to ride in the
+    # item: a cold container then needs one GetItem, and no S3 client, to answer.
+    serving: bytes | None = None
+    serving_hmac: str | None = None
 
     @property
     def visible(self) -> bool:
@@ -77,9 +79,32 @@ def _conditional_failed(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
 
 
+# DynamoDB's attribute-value format, for the few types the items hold. The
+# low-level client (not boto3's resource layer) keeps boto3 and s3transfer out
+# of the Lambda's cold start.
+def _to_attribute(value) -> dict:
+    if isinstance(value, str):
+        return {"S": value}
+    if isinstance(value, bool):
+        return {"BOOL": value}
+    if isinstance(value, (int, float)):
+        return {"N": repr(value)}
+    if isinstance(value, bytes):
+        return {"B": value}
+    raise TypeError(f"no DynamoDB type for {type(value).__name__}")
+
+
+def _from_attribute(attribute: dict):
+    (kind, value), = attribute.items()
+    if kind == "N":
+        return float(value) if any(c in value for c in ".eE") else int(value)
+    return value  # S, B, BOOL
+
+
 class ModelRegistry:
-    def __init__(self, table):
-        self._table = table  # a boto3 DynamoDB Table resource
+    def __init__(self, dynamodb, table: str):
+        self._client = dynamodb  # a botocore DynamoDB client
+        self._table = table
 
     def create(self, record: ModelRecord) -> bool:
         """Puts a new item; False when the id is taken."""
@@ -94,7 +119,10 @@ class ModelRegistry:
             "dataset_key": record.dataset_key,
         }
         try:
-            self._table.put_item(Item=item, ConditionExpression=Attr("model_id").not_exists())
+            self._client.put_item(
+                TableName=self._table,
+                Item={name: _to_attribute(value) for name, value in item.items()},
+                ConditionExpression="attribute_not_exists(model_id)")
         except ClientError as error:
             if _conditional_failed(error):
                 return False
@@ -102,34 +130,47 @@ class ModelRegistry:
         return True
 
     def get(self, model_id: str) -> ModelRecord | None:
-        item = self._table.get_item(Key={"model_id": model_id}, ConsistentRead=True).get("Item")
-        if item is None:
+        answer = self._client.get_item(TableName=self._table, ConsistentRead=True,
+                                       Key={"model_id": {"S": model_id}})
+        if "Item" not in answer:
             return None
+        item = {name: _from_attribute(value) for name, value in answer["Item"].items()}
         return ModelRecord(
             model_id=item["model_id"],
             task_id=item["task_id"],
             status=Status(item["status"]),
             created_at=item["created_at"],
             updated_at=item.get("updated_at"),
-            n_rows=int(item["n_rows"]),
-            n_features=int(item["n_features"]),
+            n_rows=item["n_rows"],
+            n_features=item["n_features"],
             dataset_key=item["dataset_key"],
             classes=json.loads(item["classes"]) if "classes" in item else None,
             error=item.get("error"),
+            serving=item.get("serving"),
+            serving_hmac=item.get("serving_hmac"),
         )
 
-    def _transition(self, model_id: str, condition, new: Status, **values) -> bool:
-        """Moves the item to `new` only if `condition` holds; False if it does not."""
+    def _transition(self, model_id: str, condition: str, new: Status,
+                    condition_values: dict | None = None, **values) -> bool:
+        """Moves the item to `new` if `condition` holds (names in it are
+        written #name, values :name); False if it does not."""
         values["status"] = str(new)
         values["updated_at"] = now_iso()
+        bound = {f":{k}": _to_attribute(v) for k, v in values.items()}
+        bound.update({f":{k}": _to_attribute(v) for k, v in (condition_values or {}).items()})
         names = {f"#{k}": k for k in values}
+        names.update({"#status": "status"})
+        for name in ("lease_owner", "lease_expires"):
+            if f"#{name}" in condition:
+                names[f"#{name}"] = name
         try:
-            self._table.update_item(
-                Key={"model_id": model_id},
+            self._client.update_item(
+                TableName=self._table,
+                Key={"model_id": {"S": model_id}},
                 UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
                 ConditionExpression=condition,
                 ExpressionAttributeNames=names,
-                ExpressionAttributeValues={f":{k}": v for k, v in values.items()},
+                ExpressionAttributeValues=bound,
             )
         except ClientError as error:
             if _conditional_failed(error):
@@ -137,37 +178,42 @@ class ModelRegistry:
             raise
         return True
 
-    @staticmethod
-    def _status_in(*statuses: Status):
-        return Attr("status").is_in([str(s) for s in statuses])
-
-    @staticmethod
-    def _held_by(owner: str):
-        return Attr("status").eq(str(Status.TRAINING)) & Attr("lease_owner").eq(owner)
+    # Conditions, with the values they need.
+    _WAITING = "#status IN (:submitting, :queued)"
+    _EXPIRED_LEASE = "(#status = :training AND #lease_expires < :now)"
+    _HELD = "#status = :training AND #lease_owner = :owner"
 
     def mark_queued(self, model_id: str) -> bool:
-        return self._transition(model_id, self._status_in(Status.SUBMITTING), Status.QUEUED)
+        return self._transition(model_id, "#status = :submitting", Status.QUEUED,
+                                {"submitting": str(Status.SUBMITTING)})
 
     def start_training(self, model_id: str, owner: str, lease_seconds: float) -> bool:
         """Takes the training lease: the model is waiting, or its last trainer's
         lease has run out (it crashed). Two deliveries at once: one wins."""
         now = time.time()
-        free = self._status_in(Status.SUBMITTING, Status.QUEUED) | (
-            Attr("status").eq(str(Status.TRAINING)) & Attr("lease_expires").lt(Decimal(str(now))))
-        return self._transition(model_id, free, Status.TRAINING, lease_owner=owner,
-                                lease_expires=Decimal(str(round(now + lease_seconds, 3))))
+        return self._transition(
+            model_id, f"{self._WAITING} OR {self._EXPIRED_LEASE}", Status.TRAINING,
+            {"submitting": str(Status.SUBMITTING), "queued": str(Status.QUEUED),
+             "training": str(Status.TRAINING), "now": round(now, 3)},
+            lease_owner=owner, lease_expires=round(now + lease_seconds, 3))
+
+    def _held_by(self, owner: str) -> dict:
+        return {"training": str(Status.TRAINING), "owner": owner}
 
     def release(self, model_id: str, owner: str) -> bool:
         """Gives the lease up after a retryable failure, so the retry need not wait."""
-        return self._transition(model_id, self._held_by(owner), Status.TRAINING,
-                                lease_expires=Decimal(0))
+        return self._transition(model_id, self._HELD, Status.TRAINING, self._held_by(owner),
+                                lease_expires=0)
 
-    def mark_ready(self, model_id: str, classes: list, owner: str) -> bool:
-        return self._transition(model_id, self._held_by(owner), Status.READY,
-                                classes=json.dumps(classes))
+    def mark_ready(self, model_id: str, classes: list, owner: str,
+                   serving: tuple[bytes, str] | None = None) -> bool:
+        extra = {} if serving is None else {"serving": serving[0], "serving_hmac": serving[1]}
+        return self._transition(model_id, self._HELD, Status.READY, self._held_by(owner),
+                                classes=json.dumps(classes), **extra)
 
     def mark_failed(self, model_id: str, error: str, owner: str) -> bool:
-        return self._transition(model_id, self._held_by(owner), Status.FAILED, error=error)
+        return self._transition(model_id, self._HELD, Status.FAILED, self._held_by(owner),
+                                error=error)
 
     def delete(self, model_id: str) -> None:
-        self._table.delete_item(Key={"model_id": model_id})
+        self._client.delete_item(TableName=self._table, Key={"model_id": {"S": model_id}})

@@ -102,5 +102,6 @@ class ModelService:
                 raise ModelFailed(record.error or "unknown error")
             if record.status != Status.READY:
                 raise ModelTraining(model_id)
-            model = self._predictor.load(model_id)
+            embedded = None if record.serving is None else (record.serving, record.serving_hmac)
+            model = self._predictor.load(model_id, embedded)
         return model.predict(parse_features(body, model.n_features))

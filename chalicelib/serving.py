@@ -106,17 +106,22 @@ class Predictor:
             self._entries.move_to_end(model_id)
             return entry[0]
 
-    def load(self, model_id: str) -> ServingModel:
-        """The model, from the cache or S3; the caller has just confirmed it is ready."""
+    def load(self, model_id: str, embedded: tuple[bytes, str | None] | None = None) -> ServingModel:
+        """The model, from the cache, else the status item's embedded copy, else
+        S3; the caller has just confirmed it is ready. Signatures are checked."""
         with self._lock:
             entry = self._entries.get(model_id)
-        if entry is None:
+        if entry is not None:
+            model = entry[0]
+        elif embedded is not None:
+            blob, signature = embedded
+            model = ServingModel.from_bytes(self._store.verify(
+                blob, signature, f"the serving arrays stored with model {model_id}"))
+        else:
             blob = self._store.get_artifact(model_id, SERVING_ARTIFACT)
             if blob is None:
                 raise ArtifactMissing(model_id)
             model = ServingModel.from_bytes(blob)
-        else:
-            model = entry[0]
         with self._lock:
             self._entries[model_id] = (model, self._clock())
             self._entries.move_to_end(model_id)

@@ -36,6 +36,12 @@ class ArtifactStore:
     def delete_dataset(self, model_id: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
 
+    def sign(self, blob: bytes) -> str:
+        return self._signer.sign(blob)
+
+    def verify(self, blob: bytes, signature: str | None, what: str) -> bytes:
+        return self._signer.verify(blob, signature, what)
+
     def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
         # A single PUT is atomic in S3: readers see the whole object or none,
         # and the signature arrives with the bytes it signs.

@@ -33,6 +33,12 @@ def fit_pipeline(data: TrainingData):
     return pipeline
 
 
+# Serving arrays up to this size also ride in the status item (DynamoDB items
+# hold 400 KB), so a cold predict needs no S3 read; larger models are read
+# from serving.npz.
+EMBED_LIMIT_BYTES = 64 * 1024
+
+
 class TrainingInProgress(Exception):
     """Another delivery of the same message holds the model; retry later."""
 
@@ -93,9 +99,10 @@ class Trainer:
         # Both artifacts before READY: a reader never sees a ready model without them.
         self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
                                  pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
-        self._store.put_artifact(message.model_id, SERVING_ARTIFACT,
-                                 ServingModel.from_pipeline(pipeline).to_bytes())
-        if not self._registry.mark_ready(message.model_id, data.classes, owner):
+        serving = ServingModel.from_pipeline(pipeline).to_bytes()
+        self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
+        embedded = (serving, self._store.sign(serving)) if len(serving) <= EMBED_LIMIT_BYTES else None
+        if not self._registry.mark_ready(message.model_id, data.classes, owner, embedded):
             log("training.lease_lost", level=logging.WARNING, **ids)
             return "already done"
         log("training.ready", seconds=round(time.perf_counter() - started, 3),

@@ -113,6 +113,7 @@ class Stack:
     s3: object
     sqs: object
     dynamodb: object
+    dynamodb_client: object
 
     @property
     def output_path(self) -> Path:
@@ -213,6 +214,7 @@ def stack(tmp_path_factory):
         s3=session.client("s3", endpoint_url=endpoint, config=config),
         sqs=session.client("sqs", endpoint_url=endpoint, config=config),
         dynamodb=session.resource("dynamodb", endpoint_url=endpoint, config=config),
+        dynamodb_client=session.client("dynamodb", endpoint_url=endpoint, config=config),
     )
     ports = [api_port, emulator_port]
     try:
@@ -352,7 +354,7 @@ def _create_queued_item(stack: Stack, body: bytes, n_features: int) -> tuple[str
     record = ModelRecord(model_id=model_id, task_id=task_id, status=Status.QUEUED,
                          created_at=now_iso(), n_rows=n_rows, n_features=n_features,
                          dataset_key=key)
-    assert ModelRegistry(stack.table).create(record)
+    assert ModelRegistry(stack.dynamodb_client, TABLE).create(record)
     return model_id, task_id, key
 
 

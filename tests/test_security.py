@@ -38,13 +38,29 @@ def test_artifacts_carry_an_hmac_that_matches_their_bytes(aws, ready_model):
 
 
 @pytest.mark.parametrize("metadata", [None, {"hmac-sha256": "0" * 64}])
-def test_a_tampered_artifact_is_refused_with_a_clear_error(aws, ready_model, metadata):
+@pytest.mark.parametrize("embedded", [True, False], ids=["embedded in the item", "S3 only"])
+def test_a_tampered_artifact_is_refused_with_a_clear_error(aws, monkeypatch, metadata, embedded):
+    from chalicelib import training
+
+    if not embedded:  # a model too large to ride in its status item
+        monkeypatch.setattr(training, "EMBED_LIMIT_BYTES", 0)
+    submission = components.service().submit(IRIS)
+    assert _train_queued(aws) == ["ready"]
+    ready_model = submission.model_id
+    assert (components.registry().get(ready_model).serving is not None) == embedded
     original = components.store().get_artifact(ready_model, SERVING_ARTIFACT)
-    _overwrite(aws, ready_model, SERVING_ARTIFACT, original[:-1] + b"\x00", metadata)
+    middle = len(original) // 2
+    forged = original[:middle] + bytes([original[middle] ^ 0xFF]) + original[middle + 1:]
+    _overwrite(aws, ready_model, SERVING_ARTIFACT, forged, metadata)
     _overwrite(aws, ready_model, PIPELINE_ARTIFACT, pickle.dumps("not a model"), metadata)
+    if embedded:
+        aws.client("dynamodb").update_item(
+            TableName=components.settings().table, Key={"model_id": {"S": ready_model}},
+            UpdateExpression="SET serving = :forged",
+            ExpressionAttributeValues={":forged": {"B": forged}})
     with pytest.raises(TamperedArtifact, match="integrity check"):
         components.store().get_artifact(ready_model, PIPELINE_ARTIFACT)
-    components.reset()  # a cold container, so the model is read from S3
+    components.reset()  # a cold container, so the model is read from storage
     with Client(app) as client:
         response = client.http.get(f"/models/{ready_model}", headers=CSV, body=b"1,2,3,4")
     assert response.status_code == 409
