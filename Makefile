@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell devstack/find-python.sh)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bootstrap clean
+.PHONY: run test venv bootstrap clean bench
 
 venv: $(STAMP)
 
@@ -25,6 +25,10 @@ run: venv
 
 test: venv
 	$(PY) -m pytest
+
+# Benchmarks (bench/, local only): writes BENCHMARKS.md and prints it. A few minutes.
+bench: venv
+	$(PY) -m bench
 
 bootstrap: venv
 	$(PY) -m devstack.bootstrap
