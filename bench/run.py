@@ -2,7 +2,7 @@
 
 Sets up moto's server and an iris model first.
 
-    python -m bench [--quick] [--only cold,warm,bulk,http] [--output PATH]
+    python -m bench [--quick] [--only cold,warm,bulk,http,load] [--output PATH]
 
 Exits 0 when every benchmark ran (whether or not it met its target), 1 when
 one could not be measured (its row says ERROR and why). Logs of the processes
@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.report import Row, Target, render_report
 from bench.stack import REPO, Processes, progress
 
-BENCHMARKS = ("cold", "warm", "bulk", "http")
+BENCHMARKS = ("cold", "warm", "bulk", "http", "load")
 
 METHOD = """\
 Setup: moto's server on a free 127.0.0.1 port (`devstack.emulator.start_moto`), the dev
@@ -59,6 +59,12 @@ test credentials, us-east-1 and the dev stage's variables.
   back; the rate is the sum of the clients' rates of 202 answers. Rounds
   alternate ours/baseline; medians. The clients share the 2 cores with the
   server and the emulator, so the 4-client figure is bounded by the machine.
+- **Load**: `python -m devstack.run` (API server and SQS runner, one worker per
+  core) on the same emulator; 8 client threads on keep-alive connections share
+  50 `POST /models` (iris.csv) and 5,000 single-row predicts, interleaved.
+  Any transport error or unexpected status counts as an error (there must be
+  none), and every model must reach "Ready to Use" (polled after the last
+  request, bounded at 300 s).
 """
 
 
@@ -143,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[Row] = []
 
-    from bench import coldstart, httpload, inprocess, stack
+    from bench import coldstart, httpload, inprocess, load, stack
 
     with Processes(log_dir) as processes:
         try:
@@ -170,6 +176,7 @@ def main(argv: list[str] | None = None) -> int:
             "http": ("HTTP keep-alive predicts", "req/s", lambda: httpload.run(
                 endpoint, model_id, processes, rounds=1 if quick else 3,
                 seconds=2.0 if quick else 4.0)),
+            "load": ("Load test", "req/s", lambda: load.run(endpoint, model_id, processes)),
         }
         for name in BENCHMARKS:
             if name not in selected:
