@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -77,6 +78,9 @@ def _number(value: str, row: int, column: int) -> float:
 
 
 _INT64 = range(-(2**63), 2**63)
+# The classes are stored in the model's DynamoDB item (400 KB at most, shared
+# with the embedded serving arrays).
+CLASSES_LIMIT_BYTES = 100_000
 
 
 def _typed_labels(raw: list[str]) -> list[Label]:
@@ -94,7 +98,8 @@ def _typed_labels(raw: list[str]) -> list[Label]:
         numbers = [float(label) for label in raw]
     except ValueError:
         return raw
-    whole = all(math.isfinite(n) and n.is_integer() for n in numbers)
+    # Whole and within int64: scikit-learn checks classes by casting to integers.
+    whole = all(math.isfinite(n) and n.is_integer() and int(n) in _INT64 for n in numbers)
     return numbers if whole else raw
 
 
@@ -120,6 +125,10 @@ def parse_training(body: bytes) -> TrainingData:
         raise CsvError("the body is empty")
     labels = _typed_labels(raw_labels)
     classes = sorted(set(labels))
+    classes_size = len(json.dumps(classes))
+    if classes_size > CLASSES_LIMIT_BYTES:
+        raise CsvError(f"the {len(classes)} class labels take {classes_size:,} bytes as JSON; "
+                       f"at most {CLASSES_LIMIT_BYTES:,} fit with the model's status")
     if len(classes) < 2:
         raise CsvError(
             f"all {len(labels)} rows have the label {classes[0]!r}; "

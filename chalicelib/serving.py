@@ -62,7 +62,11 @@ class ServingModel:
         if not np.isfinite(scaled).all():
             raise CsvError("the feature values are too large for this model "
                            "(scaling them overflows 64-bit floats)")
-        scores = scaled @ self.coef.T + self.intercept
+        with np.errstate(over="ignore", invalid="ignore"):
+            scores = scaled @ self.coef.T + self.intercept
+        if not np.isfinite(scores).all():
+            raise CsvError("the feature values are too large for this model "
+                           "(its class scores overflow 64-bit floats)")
         with np.errstate(over="ignore"):
             if self.coef.shape[0] == 1:  # binary: the logistic function of one score
                 positive = 1.0 / (1.0 + np.exp(-scores[:, 0]))

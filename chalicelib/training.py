@@ -81,6 +81,14 @@ class Trainer:
         try:
             data = parse_training(self._store.get_dataset(message.dataset_key))
             pipeline = fit_pipeline(data)
+            # Both artifacts before READY: a reader never sees a ready model without them.
+            self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
+                                     pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+            serving = ServingModel.from_pipeline(pipeline).to_bytes()
+            self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
+            embedded = ((serving, self._store.sign(serving))
+                        if len(serving) <= EMBED_LIMIT_BYTES else None)
+            marked = self._registry.mark_ready(message.model_id, data.classes, owner, embedded)
         except (CsvError, ValueError) as error:
             self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)
@@ -96,13 +104,7 @@ class Trainer:
             log("training.error", level=logging.ERROR, receive_count=receive_count,
                 error=f"{type(error).__name__}: {error}", **ids)
             raise
-        # Both artifacts before READY: a reader never sees a ready model without them.
-        self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
-                                 pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
-        serving = ServingModel.from_pipeline(pipeline).to_bytes()
-        self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
-        embedded = (serving, self._store.sign(serving)) if len(serving) <= EMBED_LIMIT_BYTES else None
-        if not self._registry.mark_ready(message.model_id, data.classes, owner, embedded):
+        if not marked:
             log("training.lease_lost", level=logging.WARNING, **ids)
             return "already done"
         log("training.ready", seconds=round(time.perf_counter() - started, 3),

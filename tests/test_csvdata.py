@@ -76,3 +76,14 @@ def test_labels_beyond_int64_stay_text():
 def test_values_whose_variance_overflows_are_rejected():
     with pytest.raises(CsvError, match=r"^column 2: the values are too large to scale"):
         parse_training(b"1,1e308,a\n2,-1e308,b\n")
+
+
+def test_whole_float_labels_beyond_int64_stay_text():
+    assert parse_training(b"1,1e20\n2,2e20\n").classes == ["1e20", "2e20"]
+
+
+def test_labels_too_long_for_the_status_item_are_rejected():
+    body = b"".join(b"%d,%s\n" % (i, bytes([97 + i]) * 30_000) for i in range(4))
+    with pytest.raises(CsvError, match=r"^the 4 class labels take 120,\d+ bytes as JSON; "
+                                       r"at most 100,000 fit"):
+        parse_training(body)
