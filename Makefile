@@ -5,11 +5,11 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell devstack/find-python.sh)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bootstrap clean bench
+.PHONY: run test venv bootstrap clean layer publish-layer secrets deploy package teardown bench
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt devstack/find-python.sh
+$(STAMP): requirements.txt requirements-dev.txt $(wildcard requirements-layer.txt) devstack/find-python.sh
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: no Python 3.13 (or 3.12) found. Install one (e.g. 'pyenv install 3.13.0')" \
 	       "or point at it: make PYTHON=/path/to/python3.13 $(MAKECMDGOALS)" >&2; exit 1; fi
@@ -30,8 +30,40 @@ test: venv
 bench: venv
 	$(PY) -m bench
 
+# Deployment: see README, "Deploy to AWS". STAGE picks a stage of .chalice/config.json.
+STAGE ?= dev
+CHALICE := $(PY) -c 'import sys; from chalice.cli import main; sys.exit(main())'
+
+# The bucket, table and queues of infra/resources.json (emulator or AWS; idempotent).
 bootstrap: venv
-	$(PY) -m devstack.bootstrap
+	$(PY) -m devstack.bootstrap --stage $(STAGE)
+
+# dist/layer/ml-api-science.zip: numpy, scipy, scikit-learn for python3.13 x86_64. No AWS.
+layer: venv
+	$(PY) -m infra.layer build
+
+# Uploads the layer zip to s3://$(DEPLOY_BUCKET), publishes it, writes the ARN into .chalice/config.json.
+publish-layer: layer
+	$(PY) -m infra.layer publish --stage $(STAGE) --bucket "$(DEPLOY_BUCKET)"
+
+# The stage's SSM SecureStrings (model-signing key, API keys), created once.
+secrets: venv
+	$(PY) -m infra.secrets --stage $(STAGE)
+
+# Pre-flight checks, then chalice deploy --stage $(STAGE), then its URL.
+deploy: venv
+	$(PY) -m infra.deploy --stage $(STAGE)
+
+# CloudFormation: chalice package --merge-template (infra/resources.json) + cfn-lint, in dist/package/.
+package: venv
+	$(PY) -m infra.package --stage $(STAGE)
+
+# chalice delete, then the queues; the bucket and table (the models) stay: see README.
+teardown: venv
+	@[ "$(CONFIRM)" = "$(STAGE)" ] || { echo "error: this deletes stage $(STAGE)'s API, functions" \
+	  "and queues; confirm with: make teardown STAGE=$(STAGE) CONFIRM=$(STAGE)" >&2; exit 1; }
+	$(CHALICE) delete --stage $(STAGE)
+	$(PY) -m devstack.bootstrap --stage $(STAGE) --delete
 
 clean:
 	rm -rf $(VENV) .devstack .pytest_cache

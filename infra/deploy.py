@@ -1,0 +1,149 @@
+"""`chalice deploy` for a stage, after checking what it cannot check itself.
+
+Chalice would happily deploy functions without their layer, against a queue
+that does not exist or whose visibility timeout is shorter than the trainer's
+timeout, or with no signing key to read. Each of those fails later and
+vaguely; here they fail first, all listed, each with the step that fixes it.
+
+    python -m infra.deploy --stage prod            # checks, then chalice deploy
+    python -m infra.deploy --stage prod --check    # checks only
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError
+
+from devstack import stage as stages
+from infra import layer as layers
+from infra import secrets
+from infra.package import CHALICE
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+FUNCTIONS = ("api_handler", "train_model")
+_LAYER_ARN = re.compile(r"arn:aws[\w-]*:lambda:(?P<region>[a-z0-9-]+):\d{12}:layer:[\w-]+:\d+")
+
+
+def _scope(stage: str, function: str, project_dir: Path):
+    from chalice.cli.factory import CLIFactory
+
+    config = CLIFactory(str(project_dir), environ={}).create_config_obj(chalice_stage_name=stage)
+    return config.scope(stage, function)
+
+
+def _names(requirements: Path) -> set[str]:
+    names = set()
+    for line in requirements.read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line and not line.startswith("-"):
+            names.add(re.split(r"[=<>!~\[; ]", line)[0].lower().replace("_", "-"))
+    return names
+
+
+def check_requirements(project_dir: Path = PROJECT_DIR) -> list[str]:
+    both = _names(project_dir / "requirements.txt") & _names(project_dir / "requirements-layer.txt")
+    if both:
+        return [f"{', '.join(sorted(both))} in both requirements.txt (vendored into the "
+                "deployment zip) and requirements-layer.txt: keep them in the layer only, or "
+                "the zip outgrows chalice deploy's 50 MB"]
+    return []
+
+
+def _layer_problems(session, stage: str, project_dir: Path) -> list[str]:
+    problems = []
+    region = session.region_name or "us-east-1"
+    for function in FUNCTIONS:
+        scope = _scope(stage, function, project_dir)
+        if not scope.layers:
+            problems.append(f"{function} has no layer: run `make publish-layer "
+                            f"STAGE={stage} DEPLOY_BUCKET=<bucket>` (writes .chalice/config.json)")
+            continue
+        for arn in scope.layers:
+            match = _LAYER_ARN.fullmatch(arn)
+            if not match:
+                problems.append(f"{function}: {arn!r} is not a layer version ARN")
+                continue
+            if match["region"] != region:
+                problems.append(f"{function}: layer {arn} is in {match['region']}, the "
+                                f"functions deploy to {region}")
+                continue
+            try:
+                layer_arn, version = arn.rsplit(":", 1)
+                runtimes = session.client("lambda").get_layer_version(
+                    LayerName=layer_arn, VersionNumber=int(version)).get("CompatibleRuntimes", [])
+            except ClientError as error:
+                problems.append(f"{function}: layer {arn}: {error}")
+                continue
+            if scope.lambda_python_version not in runtimes:
+                problems.append(f"{function} runs {scope.lambda_python_version} (the local "
+                                f"Python), layer {arn} is built for {runtimes}: deploy from "
+                                f"Python {layers.PYTHON_VERSION}")
+    return sorted(set(problems))
+
+
+def _resource_problems(session, stage: str, project_dir: Path) -> list[str]:
+    settings = stages.deployed_settings(stage)
+    bootstrap = f"run `make bootstrap STAGE={stage}` against this account"
+    problems = []
+    try:
+        session.client("s3").head_bucket(Bucket=settings.bucket)
+    except ClientError:
+        problems.append(f"bucket {settings.bucket} is missing (or not yours): {bootstrap}")
+    try:
+        session.client("dynamodb").describe_table(TableName=settings.table)
+    except ClientError:
+        problems.append(f"table {settings.table} is missing: {bootstrap}")
+    sqs = session.client("sqs")
+    try:
+        url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
+        visibility = int(sqs.get_queue_attributes(
+            QueueUrl=url, AttributeNames=["VisibilityTimeout"])["Attributes"]["VisibilityTimeout"])
+        timeout = _scope(stage, "train_model", project_dir).lambda_timeout
+        if visibility < timeout:
+            problems.append(f"queue {settings.queue} has a visibility timeout of {visibility} s, "
+                            f"less than the trainer's {timeout} s (Lambda refuses the event "
+                            f"source): {bootstrap}, without --visibility-timeout")
+    except ClientError:
+        problems.append(f"queue {settings.queue} is missing: {bootstrap}")
+    ssm = session.client("ssm")
+    for name in secrets.wanted(stage):
+        try:
+            ssm.get_parameter(Name=name)
+        except ClientError:
+            problems.append(f"SSM parameter {name} is missing: run `make secrets STAGE={stage}`")
+    return problems
+
+
+def preflight(session: boto3.session.Session, stage: str,
+              project_dir: Path = PROJECT_DIR) -> list[str]:
+    """Everything that would make `chalice deploy --stage` deploy something broken."""
+    return (check_requirements(project_dir) + _layer_problems(session, stage, project_dir)
+            + _resource_problems(session, stage, project_dir))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--stage", default="dev")
+    parser.add_argument("--check", action="store_true", help="only run the checks")
+    args = parser.parse_args()
+    try:
+        problems = preflight(boto3.session.Session(), args.stage)
+    except BotoCoreError as error:  # no credentials, no network, unknown region
+        raise SystemExit(f"cannot check stage {args.stage} in AWS: {error}") from None
+    if problems:
+        raise SystemExit(f"not deploying stage {args.stage}:\n- " + "\n- ".join(problems))
+    print(f"stage {args.stage}: layer, resources and secrets are in place")
+    if args.check:
+        return
+    chalice = [*CHALICE, "--project-dir", str(PROJECT_DIR)]
+    subprocess.run([*chalice, "deploy", "--stage", args.stage], check=True)
+    subprocess.run([*chalice, "url", "--stage", args.stage], check=True)
+
+
+if __name__ == "__main__":
+    main()
