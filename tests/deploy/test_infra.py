@@ -258,3 +258,19 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def test_localstack_compose_is_pinned_local_and_minimal():
+    import yaml
+
+    compose = yaml.safe_load((stage.PROJECT_DIR / "docker-compose.localstack.yml").read_text())
+    service = compose["services"]["localstack"]
+    image = service["image"].removeprefix("${LOCALSTACK_IMAGE:-").removesuffix("}")
+    name, _, tag = image.partition(":")
+    assert name == "localstack/localstack" and tag and tag != "latest"
+    assert service["ports"] == ["127.0.0.1:4566:4566"]
+    env = service["environment"]
+    assert env["SERVICES"].split(",")[:3] == ["s3", "dynamodb", "sqs"]
+    assert set(env["SERVICES"].split(",")) == {"s3", "dynamodb", "sqs", "lambda", "apigateway",
+                                               "iam", "sts", "cloudformation", "ssm", "logs"}
+    assert env["LOCALSTACK_AUTH_TOKEN"] == "${LOCALSTACK_AUTH_TOKEN:-}"
