@@ -6,7 +6,7 @@ chalicelib.
 from chalice import Chalice
 
 from chalicelib import api, components
-from chalicelib.config import TRAINING_QUEUE_NAME
+from chalicelib.config import TRAINER_MAX_CONCURRENCY, TRAINING_QUEUE_NAME
 from chalicelib.queue import TrainingMessage
 
 app = Chalice(app_name="ml-api")
@@ -42,7 +42,8 @@ def check_model_status(model_id):
     return api.model_status(model_id)
 
 
-@app.on_sqs_message(queue=TRAINING_QUEUE_NAME, batch_size=1)
+@app.on_sqs_message(queue=TRAINING_QUEUE_NAME, batch_size=1,
+                    maximum_concurrency=TRAINER_MAX_CONCURRENCY)
 def train_model(event):
     for record in event:
         receive_count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "1"))

@@ -15,6 +15,10 @@ DEFAULT_QUEUE = "ml-api-dev-training"
 # Read at import time because @app.on_sqs_message needs the queue name when
 # Chalice builds the deployment; keep it equal to the stage's TRAINING_QUEUE.
 TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
+# The event source mapping's maximum concurrency, equal to the trainer's
+# reserved concurrency: receives that Lambda would throttle still count
+# towards the dead-letter queue's limit, so SQS must not hand out more.
+TRAINER_MAX_CONCURRENCY = int(os.environ.get("TRAINER_MAX_CONCURRENCY", "5"))
 
 
 @dataclass(frozen=True)

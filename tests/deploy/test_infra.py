@@ -274,3 +274,15 @@ def test_localstack_compose_is_pinned_local_and_minimal():
     assert set(env["SERVICES"].split(",")) == {"s3", "dynamodb", "sqs", "lambda", "apigateway",
                                                "iam", "sts", "cloudformation", "ssm", "logs"}
     assert env["LOCALSTACK_AUTH_TOKEN"] == "${LOCALSTACK_AUTH_TOKEN:-}"
+
+
+def test_trainer_event_source_concurrency_matches_its_reserved_concurrency():
+    """Throttled receives count towards the dead-letter limit: SQS must not
+    hand the trainer more messages at once than it may run."""
+    import json as _json
+    from pathlib import Path as _Path
+
+    config = _json.loads((_Path(__file__).resolve().parents[2] / ".chalice" / "config.json").read_text())
+    for name, stage in config["stages"].items():
+        reserved = stage["lambda_functions"]["train_model"]["reserved_concurrency"]
+        assert int(stage["environment_variables"]["TRAINER_MAX_CONCURRENCY"]) == reserved, name
