@@ -15,6 +15,7 @@ from chalicelib.csvdata import CsvError
 from chalicelib.logs import log
 from chalicelib.security import ConfigurationError, TamperedArtifact
 from chalicelib.serving import ArtifactMissing
+from chalicelib.storage import SERVING_ARTIFACT, artifact_key
 from chalicelib.service import ModelFailed, ModelNotFound, ModelTraining
 
 # The seed's exact strings: its clients compare them.
@@ -68,8 +69,8 @@ def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..
                 raise
             log("aws.unavailable", level=logging.WARNING, handler=handler.__name__,
                 error=f"{type(error).__name__}: {error}")
-            return _text(503, "The model store is unavailable right now; retry later.\n"
-                              f"{type(error).__name__}: {error}",
+            # The detail (endpoints, bucket, ARNs) goes to the log, not the client.
+            return _text(503, "The model store is unavailable right now; retry later.",
                          **{"Retry-After": str(RETRY_AFTER_SECONDS)})
     return wrapper
 
@@ -132,8 +133,9 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
     except CsvError as error:
         return _text(415, f"{PREDICT_CSV_REQUIRED}\n{error}")
     except ArtifactMissing:
-        return _text(409, f"Model {model_id} is marked ready but its artifact is missing "
-                          "from storage; train it again.")
+        return _text(409, f"Model {model_id} is marked ready but its artifact "
+                          f"{artifact_key(model_id, SERVING_ARTIFACT)} is missing from "
+                          "storage; train it again.")
     except TamperedArtifact as error:
         log("artifact.tampered", level=logging.ERROR, model_id=model_id, error=str(error))
         return _text(409, f"Model {model_id} cannot be used: {error}; it was changed "

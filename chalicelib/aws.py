@@ -16,12 +16,14 @@ import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
-# Bounded so an unreachable endpoint turns into a 503 within seconds instead of
-# a request that hangs until API Gateway's 29 s timeout.
+# Bounded so an unreachable or hung endpoint turns into a 503 within seconds,
+# well inside API Gateway's 29 s: a call gives up after 2 attempts of at most
+# 2 s to connect and 4 s to answer (the read timeout is per socket read, so
+# large transfers are not cut short).
 CLIENT_CONFIG = Config(
     connect_timeout=2,
-    read_timeout=15,
-    retries={"mode": "standard", "total_max_attempts": 3},
+    read_timeout=4,
+    retries={"mode": "standard", "total_max_attempts": 2},
 )
 
 _lock = threading.Lock()

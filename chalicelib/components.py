@@ -21,7 +21,7 @@ def settings() -> Settings:
 
 @functools.cache
 def registry() -> ModelRegistry:
-    return ModelRegistry(aws.client("dynamodb"), settings().table)
+    return ModelRegistry(aws.client("dynamodb"), settings().table, settings().max_receives)
 
 
 @functools.cache

@@ -102,9 +102,13 @@ def _from_attribute(attribute: dict):
 
 
 class ModelRegistry:
-    def __init__(self, dynamodb, table: str):
+    def __init__(self, dynamodb, table: str, max_receives: int = 3):
         self._client = dynamodb  # a botocore DynamoDB client
         self._table = table
+        # A trainer that dies (killed, out of memory, timed out) writes nothing;
+        # once its last delivery's lease has run out, the model is reported
+        # failed: SQS dead-letters the message on the next receive.
+        self._max_receives = max_receives
 
     def create(self, record: ModelRecord) -> bool:
         """Puts a new item; False when the id is taken."""
@@ -135,17 +139,24 @@ class ModelRegistry:
         if "Item" not in answer:
             return None
         item = {name: _from_attribute(value) for name, value in answer["Item"].items()}
+        status, error = Status(item["status"]), item.get("error")
+        if (status == Status.TRAINING and item.get("attempts", 0) >= self._max_receives
+                and item.get("lease_expires", 0) < time.time()):
+            status = Status.FAILED
+            error = (f"training did not finish in {item['attempts']} deliveries (the trainer "
+                     "was killed, ran out of memory or timed out); the training message is "
+                     "in the dead-letter queue")
         return ModelRecord(
             model_id=item["model_id"],
             task_id=item["task_id"],
-            status=Status(item["status"]),
+            status=status,
             created_at=item["created_at"],
             updated_at=item.get("updated_at"),
             n_rows=item["n_rows"],
             n_features=item["n_features"],
             dataset_key=item["dataset_key"],
             classes=json.loads(item["classes"]) if "classes" in item else None,
-            error=item.get("error"),
+            error=error,
             serving=item.get("serving"),
             serving_hmac=item.get("serving_hmac"),
         )
@@ -187,7 +198,8 @@ class ModelRegistry:
         return self._transition(model_id, "#status = :submitting", Status.QUEUED,
                                 {"submitting": str(Status.SUBMITTING)})
 
-    def start_training(self, model_id: str, owner: str, lease_seconds: float) -> bool:
+    def start_training(self, model_id: str, owner: str, lease_seconds: float,
+                       receive_count: int = 1) -> bool:
         """Takes the training lease: the model is waiting, or its last trainer's
         lease has run out (it crashed). Two deliveries at once: one wins."""
         now = time.time()
@@ -195,7 +207,8 @@ class ModelRegistry:
             model_id, f"{self._WAITING} OR {self._EXPIRED_LEASE}", Status.TRAINING,
             {"submitting": str(Status.SUBMITTING), "queued": str(Status.QUEUED),
              "training": str(Status.TRAINING), "now": round(now, 3)},
-            lease_owner=owner, lease_expires=round(now + lease_seconds, 3))
+            lease_owner=owner, lease_expires=round(now + lease_seconds, 3),
+            attempts=receive_count)
 
     def _held_by(self, owner: str) -> dict:
         return {"training": str(Status.TRAINING), "owner": owner}

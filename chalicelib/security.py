@@ -2,7 +2,8 @@
 
 Every artifact carries an HMAC-SHA256 of its bytes in its S3 metadata, and
 nothing is unpickled or loaded before that is checked: whoever can write to
-the bucket cannot make the service run code or serve another model.
+the bucket cannot make the service run code or serve another model (the
+signature covers the artifact's key too, so artifacts cannot be swapped).
 """
 from __future__ import annotations
 
@@ -62,14 +63,18 @@ class ArtifactSigner:
             return value.encode()
         return cls(key)
 
-    def sign(self, blob: bytes) -> str:
+    def sign(self, name: str, blob: bytes) -> str:
+        """The signature binds the bytes to their name (the artifact's S3 key),
+        so one model's signed artifact copied over another's does not verify."""
         if self._key is None:
             self._key = self._key_source()
-        return hmac.new(self._key, blob, hashlib.sha256).hexdigest()
+        signed = hmac.new(self._key, name.encode() + b"\n", hashlib.sha256)
+        signed.update(blob)
+        return signed.hexdigest()
 
-    def verify(self, blob: bytes, signature: str | None, what: str) -> bytes:
-        if not signature or not hmac.compare_digest(self.sign(blob), signature):
-            raise TamperedArtifact(f"{what} failed its integrity check (HMAC-SHA256 "
+    def verify(self, name: str, blob: bytes, signature: str | None) -> bytes:
+        if not signature or not hmac.compare_digest(self.sign(name, blob), signature):
+            raise TamperedArtifact(f"{name} failed its integrity check (HMAC-SHA256 "
                                    f"{'mismatch' if signature else 'missing'})")
         return blob
 

@@ -119,8 +119,8 @@ class Predictor:
             model = entry[0]
         elif embedded is not None:
             blob, signature = embedded
-            model = ServingModel.from_bytes(self._store.verify(
-                blob, signature, f"the serving arrays stored with model {model_id}"))
+            model = ServingModel.from_bytes(
+                self._store.verify(model_id, SERVING_ARTIFACT, blob, signature))
         else:
             blob = self._store.get_artifact(model_id, SERVING_ARTIFACT)
             if blob is None:

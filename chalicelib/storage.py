@@ -36,18 +36,18 @@ class ArtifactStore:
     def delete_dataset(self, model_id: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
 
-    def sign(self, blob: bytes) -> str:
-        return self._signer.sign(blob)
+    def sign(self, model_id: str, name: str, blob: bytes) -> str:
+        return self._signer.sign(artifact_key(model_id, name), blob)
 
-    def verify(self, blob: bytes, signature: str | None, what: str) -> bytes:
-        return self._signer.verify(blob, signature, what)
+    def verify(self, model_id: str, name: str, blob: bytes, signature: str | None) -> bytes:
+        return self._signer.verify(artifact_key(model_id, name), blob, signature)
 
     def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
         # A single PUT is atomic in S3: readers see the whole object or none,
         # and the signature arrives with the bytes it signs.
         self._s3.put_object(Bucket=self._bucket, Key=artifact_key(model_id, name), Body=blob,
                             ContentType="application/octet-stream",
-                            Metadata={SIGNATURE_METADATA: self._signer.sign(blob)})
+                            Metadata={SIGNATURE_METADATA: self.sign(model_id, name, blob)})
 
     def get_artifact(self, model_id: str, name: str) -> bytes | None:
         """The artifact's bytes once their signature checks out (TamperedArtifact
@@ -59,6 +59,5 @@ class ArtifactStore:
             if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
                 return None
             raise
-        return self._signer.verify(response["Body"].read(),
-                                   response.get("Metadata", {}).get(SIGNATURE_METADATA),
-                                   f"s3://{self._bucket}/{key}")
+        return self.verify(model_id, name, response["Body"].read(),
+                           response.get("Metadata", {}).get(SIGNATURE_METADATA))

@@ -67,7 +67,8 @@ class Trainer:
             log("training.skipped", reason=f"model is already {record.status}", **ids)
             return "already done"
         owner = uuid.uuid4().hex
-        if not self._registry.start_training(message.model_id, owner, self._lease_seconds):
+        if not self._registry.start_training(message.model_id, owner, self._lease_seconds,
+                                             receive_count):
             record = self._registry.get(message.model_id)
             if record is None or record.status in (Status.READY, Status.FAILED):
                 log("training.skipped", reason="finished by another delivery", **ids)
@@ -86,7 +87,7 @@ class Trainer:
                                      pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
             serving = ServingModel.from_pipeline(pipeline).to_bytes()
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
-            embedded = ((serving, self._store.sign(serving))
+            embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)
             marked = self._registry.mark_ready(message.model_id, data.classes, owner, embedded)
         except (CsvError, ValueError) as error:

@@ -45,7 +45,12 @@ def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout
     except ClientError as error:
         if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
             return
-        bootstrap.bootstrap(session, settings, visibility_timeout)
+        try:
+            bootstrap.bootstrap(session, settings, visibility_timeout)
+        except (BotoCoreError, ClientError) as failure:  # down again: try at the next check
+            print(f"Recreating the resources failed ({failure}); trying again.",
+                  file=sys.stderr, flush=True)
+            return
         print("The emulator lost its state (restarted?): bucket, table and queues created "
               "again; earlier models are gone.", file=sys.stderr, flush=True)
     except BotoCoreError:

@@ -32,7 +32,7 @@ def test_artifacts_carry_an_hmac_that_matches_their_bytes(aws, ready_model):
     for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
         obj = s3.get_object(Bucket=components.settings().bucket, Key=artifact_key(ready_model, name))
         blob = obj["Body"].read()
-        assert obj["Metadata"]["hmac-sha256"] == components.store()._signer.sign(blob)
+        assert obj["Metadata"]["hmac-sha256"] == components.store().sign(ready_model, name, blob)
     pipeline = pickle.loads(components.store().get_artifact(ready_model, PIPELINE_ARTIFACT))
     assert pipeline.predict([[6.9, 3.1, 5.1, 2.3]]).tolist() == ["virginica"]
 
@@ -72,8 +72,16 @@ def test_another_key_cannot_verify():
     ours = ArtifactSigner(lambda: b"a" * 32)
     theirs = ArtifactSigner(lambda: b"b" * 32)
     with pytest.raises(TamperedArtifact):
-        ours.verify(b"blob", theirs.sign(b"blob"), "x")
-    assert ours.verify(b"blob", ours.sign(b"blob"), "x") == b"blob"
+        ours.verify("models/a/serving.npz", b"blob", theirs.sign("models/a/serving.npz", b"blob"))
+    assert ours.verify("models/a/serving.npz", b"blob",
+                       ours.sign("models/a/serving.npz", b"blob")) == b"blob"
+
+
+def test_a_signature_does_not_verify_under_another_name():
+    signer = ArtifactSigner(lambda: b"a" * 32)
+    signature = signer.sign("models/b/serving.npz", b"blob")
+    with pytest.raises(TamperedArtifact, match="models/a/serving.npz failed its integrity"):
+        signer.verify("models/a/serving.npz", b"blob", signature)
 
 
 def test_missing_signing_key_is_a_503_not_a_crash(aws, ready_model, monkeypatch):
@@ -100,7 +108,7 @@ def test_signing_key_from_ssm(aws, monkeypatch):
     monkeypatch.delenv("MODEL_SIGNING_KEY")
     monkeypatch.setenv("MODEL_SIGNING_KEY_PARAMETER", "/ml-api/dev/model-signing-key")
     signer = ArtifactSigner.from_env(lambda: aws.client("ssm"))
-    assert signer.verify(b"x", ArtifactSigner(lambda: b"from-ssm-0123456789").sign(b"x"), "x")
+    assert signer.verify("k", b"x", ArtifactSigner(lambda: b"from-ssm-0123456789").sign("k", b"x"))
 
 
 @pytest.fixture
