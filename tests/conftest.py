@@ -11,6 +11,7 @@ from moto import mock_aws
 from chalicelib import components
 from chalicelib.config import Settings
 from devstack import bootstrap, stage
+pytest_plugins = ["tests.reliability"]
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = (REPO / "iris.csv").read_bytes()

@@ -639,3 +639,50 @@ def test_predicting_on_a_model_still_training_answers_200_training(stack):
         assert answer.status_code == 200, answer.text
         assert _is_json(answer)
         assert answer.json() == {"status": TRAINING}
+
+
+# --- concurrency -------------------------------------------------------------------
+
+def test_concurrent_clients_get_no_errors_and_every_model_trains(stack, iris):
+    """A small load in CI (the bounded 5,000-request load test is in `make bench`):
+    8 clients on their own connections, trainings interleaved with predictions."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.reliability import record
+
+    clients, predictions, trainings = 8, 50, 1
+
+    def client(_):
+        session = requests.Session()
+        session.trust_env = False
+        answers, created = [], []
+        for i in range(predictions + trainings):
+            if i % (predictions // trainings + 1) == 0 and len(created) < trainings:
+                answer = session.post(f"{stack.api}/models", data=IRIS, headers=CSV,
+                                      timeout=HTTP_TIMEOUT)
+                created.append(answer.json().get("model_id") if answer.status_code == 201
+                               else None)
+            else:
+                answer = session.post(f"{stack.api}/models/{iris.model_id}",
+                                      data=b"6.9,3.1,5.1,2.3", headers=CSV, timeout=HTTP_TIMEOUT)
+                assert answer.json()["predictions"] == ["virginica"]
+            answers.append(answer.status_code)
+        session.close()
+        return answers, created
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(client, range(clients)))
+    elapsed = time.monotonic() - started
+    statuses = [code for answers, _ in results for code in answers]
+    model_ids = [model_id for _, created in results for model_id in created]
+    assert sorted(set(statuses)) == [201, 202], statuses
+    assert None not in model_ids
+    final = [_wait_for_training(stack, model_id)["status"] for model_id in model_ids]
+    assert final == [READY] * len(model_ids)
+    record("Load", "Concurrent clients (small, in CI)",
+           f"{clients} clients at once, each {predictions} predictions with "
+           f"{trainings} training interleaved, over keep-alive HTTP to the local stack",
+           len(statuses), f"{statuses.count(202)} x 202 and {statuses.count(201)} x 201 in "
+           f"{elapsed:.1f} s, no errors; all {len(model_ids)} models reached \"{final[0]}\"; "
+           "the bounded 5,000-request load test is in BENCHMARKS.md")

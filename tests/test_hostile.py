@@ -37,6 +37,7 @@ from chalicelib.api import MODEL_NOT_FOUND, PREDICT_CSV_REQUIRED, TRAINING_CSV_R
 from chalicelib.config import Settings
 from devstack import bootstrap, stage
 from tests.conftest import IRIS
+from tests.reliability import record
 
 READY = "Ready to Use"
 FAILED = "Training Failed"
@@ -139,7 +140,45 @@ def _request(client, method: str, path: str, headers: dict, body: bytes):
     response = client.http.request(method, path, headers=headers, body=body)
     note(_show(response, 600))
     event(f"{method} {path.split('/')[1]}: HTTP {response.status_code}")
+    _ANSWERS[response.status_code] = _ANSWERS.get(response.status_code, 0) + 1
     return response
+
+
+# What each test threw at the service, for RELIABILITY.md (tests/reliability.py).
+_SCENARIOS = {
+    "test_training_answers_hostile_csv_without_5xx": (
+        "Hostile CSV to POST /models", "generated CSV: random widths, ragged rows, huge "
+        "numbers, unicode digits, BOMs, CRLF/CR, quoted fields, headers, blank lines, NUL "
+        "bytes, invalid UTF-8, random content types; accepted bodies then trained"),
+    "test_training_answers_random_bytes_without_5xx": (
+        "Random bytes to POST /models", "random byte strings with random content types"),
+    "test_predict_answers_hostile_csv_without_5xx": (
+        "Hostile CSV to predict", "generated feature rows as above, GET and POST, three "
+        "ready models (text, integer and one-feature)"),
+    "test_predict_answers_random_bytes_without_5xx": (
+        "Random bytes to predict", "random byte strings, GET and POST"),
+    "test_status_of_a_ready_model_ignores_hostile_bodies": (
+        "Hostile bodies to the status route", "random bytes and hostile CSV as bodies"),
+    "test_hostile_model_ids_answer_4xx": (
+        "Hostile model ids", "'..', '/', %2F, control characters, unicode, over-long and "
+        "near-miss ids, raw and percent-encoded, on every route"),
+    "test_oversized_training_body_is_413_naming_the_limit": (
+        "Oversized bodies", "training bodies over API Gateway's 10 MB"),
+    "test_oversized_predict_body_is_413_naming_the_limit": (
+        "Oversized bodies", "predict bodies over Lambda's 6 MB"),
+}
+_ANSWERS: dict[int, int] = {}
+
+
+@pytest.fixture(autouse=True)
+def _report_answers(request):
+    _ANSWERS.clear()
+    yield
+    scenario = _SCENARIOS.get(request.node.originalname)
+    if scenario and _ANSWERS:
+        statuses = ", ".join(f"{code}: {n}" for code, n in sorted(_ANSWERS.items()))
+        record("Hostile input", scenario[0], scenario[1], sum(_ANSWERS.values()),
+               f"answers by status {{{statuses}}}; none 5xx, every 4xx says what is wrong")
 
 
 def _check_answer(response, csv_required: str = CSV_REQUIRED_PREFIX) -> str:
