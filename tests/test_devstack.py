@@ -129,3 +129,24 @@ def test_make_refuses_an_unusable_python_with_a_clear_message(tmp_path, python, 
     assert result.returncode != 0
     assert message in result.stderr
     assert not (tmp_path / ".venv").exists()
+
+
+def test_dead_letters_can_be_listed_and_redriven(aws):
+    from devstack import dlq
+
+    settings = components.settings()
+    sqs = aws.client("sqs")
+    dead = sqs.get_queue_url(QueueName=settings.dead_letter_queue)["QueueUrl"]
+    for i in range(12):
+        sqs.send_message(QueueUrl=dead, MessageBody=json.dumps({"model_id": f"m{i}"}))
+    listed = dlq.dead_messages(sqs, settings)
+    assert sorted(json.loads(m["Body"])["model_id"] for m in listed) == sorted(
+        f"m{i}" for i in range(12))
+    assert dlq.redrive(sqs, settings) == 12  # listing left them all there
+    live = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
+    bodies = []
+    for _ in range(5):
+        bodies += [m["Body"] for m in sqs.receive_message(
+            QueueUrl=live, MaxNumberOfMessages=10).get("Messages", [])]
+    assert len(bodies) == 12
+    assert dlq.dead_messages(sqs, settings) == []
