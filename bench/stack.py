@@ -12,11 +12,12 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from devstack.ports import answers, free_ports, tail  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -36,28 +37,6 @@ _UNWANTED = ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_SECURITY_TOK
 
 def progress(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
-
-
-def free_ports(count: int) -> list[int]:
-    """Distinct ports the kernel hands out on 127.0.0.1 (all held until all are picked)."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def answers(port: int, timeout: float = 0.5) -> bool:
-    try:
-        with socket.create_connection((HOST, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
 
 
 def aws_environment(endpoint: str) -> dict[str, str]:
@@ -86,14 +65,6 @@ def child_environment(endpoint: str) -> dict[str, str]:
     """This process's environment once pointed at the emulator, for children."""
     apply_environment(endpoint)
     return os.environ.copy()
-
-
-def tail(path: Path, limit: int = 3000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path} is missing)"
-    return text if len(text) <= limit else "..." + text[-limit:]
 
 
 class Processes:

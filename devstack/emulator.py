@@ -6,21 +6,13 @@ restarting the API keeps the models. Its state lives in memory.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 
-
-def answers(host: str, port: int, timeout: float = 0.5) -> bool:
-    """Whether something accepts TCP connections there."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+from devstack.ports import answers
 
 
 def describe(endpoint: str) -> str:
@@ -47,7 +39,7 @@ def start_moto(host: str, port: int, log_path: str = os.devnull,
         if process.poll() is not None:
             raise RuntimeError(f"moto server exited with code {process.returncode}; "
                                f"see {log_path}")
-        if answers(host, port):
+        if answers(port, host):
             return process
         time.sleep(0.1)
     process.kill()

@@ -21,6 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import aws
 from chalicelib.config import Settings
 from devstack import bootstrap, emulator, stage
+from devstack.ports import answers
 
 HOST = "127.0.0.1"
 RESOURCE_CHECK_SECONDS = 2
@@ -31,7 +32,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise SystemExit(f"{what} exited with code {process.returncode} before it answered")
-        if emulator.answers(HOST, port):
+        if answers(port):
             return
         time.sleep(0.1)
     raise SystemExit(f"{what} did not answer on {HOST}:{port} within {timeout:.0f} s")
@@ -85,7 +86,7 @@ def main() -> None:
     parser.add_argument("--log-dir", default=os.environ.get("DEVSTACK_LOG_DIR", ".devstack"))
     args = parser.parse_args()
 
-    if emulator.answers(HOST, args.port):
+    if answers(args.port):
         raise SystemExit(f"port {args.port} is already in use; set PORT to serve the API elsewhere")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -100,7 +101,7 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        if emulator.answers(HOST, args.emulator_port):
+        if answers(args.emulator_port):
             print(f"Emulator: {endpoint} (already running: {emulator.describe(endpoint)})",
                   flush=True)
         else:

@@ -13,7 +13,6 @@ import math
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,6 +27,7 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chalicelib.queue import TrainingMessage
+from devstack.ports import answers, free_ports, tail
 from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
 from chalicelib.service import new_model_id
 from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key, dataset_key
@@ -70,37 +70,6 @@ UNKNOWN_ID = "model_20000101-000000_000000000000"  # well-formed, never issued
 
 # --- the stack ------------------------------------------------------------------
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out on 127.0.0.1, all held until all are picked
-    so that they differ."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind(("127.0.0.1", 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
-def _accepts(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def _tail(path: Path, limit: int = 6000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path} is missing)"
-    return text if len(text) <= limit else "...\n" + text[-limit:]
-
-
 @dataclass
 class Stack:
     api: str
@@ -121,8 +90,8 @@ class Stack:
 
     def output(self) -> str:
         """The stack's own output and the emulator's log, for failure messages."""
-        return (f"--- devstack.run output ({self.output_path}) ---\n{_tail(self.output_path)}\n"
-                f"--- moto log ---\n{_tail(self.log_dir / 'moto.log', 2000)}")
+        return (f"--- devstack.run output ({self.output_path}) ---\n{tail(self.output_path)}\n"
+                f"--- moto log ---\n{tail(self.log_dir / 'moto.log', 2000)}")
 
     @property
     def table(self):
@@ -179,9 +148,9 @@ def _stop_stack(process: subprocess.Popen, ports: list[int]) -> list[str]:
     if not problems and process.returncode != 0:
         problems.append(f"devstack.run exited with code {process.returncode} on SIGINT")
     deadline = time.monotonic() + 5  # a closed listener may take a moment to go
-    while any(_accepts(port) for port in ports) and time.monotonic() < deadline:
+    while any(answers(port) for port in ports) and time.monotonic() < deadline:
         time.sleep(0.1)
-    still_open = [port for port in ports if _accepts(port)]
+    still_open = [port for port in ports if answers(port)]
     if still_open:
         problems.append(f"ports {still_open} still accept connections after the stack stopped")
     return problems
@@ -190,7 +159,7 @@ def _stop_stack(process: subprocess.Popen, ports: list[int]) -> list[str]:
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     log_dir = tmp_path_factory.mktemp("devstack")
-    api_port, emulator_port = _free_ports(2)
+    api_port, emulator_port = free_ports(2)
     command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
                "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
                "--log-dir", str(log_dir)]

@@ -27,7 +27,6 @@ import os
 import pickle
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -52,6 +51,7 @@ from chalicelib.service import new_model_id
 from chalicelib.serving import ServingModel
 from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, artifact_key, dataset_key
 from devstack import bootstrap, emulator, stage
+from devstack.ports import answers, free_ports, tail
 from tests.reliability import record
 
 pytestmark = pytest.mark.e2e
@@ -87,20 +87,6 @@ SLOW_ROWS, SLOW_FEATURES, SLOW_CLASSES = 60_000, 32, 6
 
 # --- processes ----------------------------------------------------------------------
 
-def _free_ports(count: int) -> list[int]:
-    """Ports the kernel hands out, all held until all are picked so they differ."""
-    sockets = []
-    try:
-        for _ in range(count):
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.bind((HOST, 0))
-            sockets.append(sock)
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 def _session_members(session_id: int) -> list[int]:
     """Live processes in a session: what a process started with
     start_new_session=True started in turn (even in its own process groups)."""
@@ -115,14 +101,6 @@ def _session_members(session_id: int) -> list[int]:
         if int(session) == session_id and state != "Z":
             members.append(int(entry.name))
     return members
-
-
-def _tail(path: Path, limit: int = 4000) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"({path} is missing)"
-    return text if len(text) <= limit else "...\n" + text[-limit:]
 
 
 @dataclass
@@ -201,7 +179,7 @@ class Processes:
         return problems
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name} ({p.log}) ---\n{_tail(p.log)}"
+        return "\n".join(f"--- {p.name} ({p.log}) ---\n{tail(p.log)}"
                          for p in self.started if p.log)
 
 
@@ -393,7 +371,7 @@ def _dataset(rows: int, features: int, classes: int, seed: int = 0):
 def moto_endpoint(tmp_path_factory):
     """One moto server for the queue scenarios; each bootstraps its own resources."""
     log = tmp_path_factory.mktemp("moto") / "moto.log"
-    [port] = _free_ports(1)
+    [port] = free_ports(1)
     moto = emulator.start_moto(HOST, port, str(log))
     yield f"http://{HOST}:{port}"
     moto.terminate()
@@ -424,10 +402,10 @@ class Queue:
         def started():
             if not runner.alive():
                 pytest.fail(f"{name} exited with code {runner.popen.returncode}\n"
-                            f"{_tail(log)}", pytrace=False)
+                            f"{tail(log)}", pytrace=False)
             return _events(log, event="runner.started")
 
-        _wait_for(started, STARTUP_TIMEOUT, f"{name} to start polling", lambda: _tail(log))
+        _wait_for(started, STARTUP_TIMEOUT, f"{name} to start polling", lambda: tail(log))
         return runner
 
     def runner_logs(self) -> list[Path]:
@@ -631,7 +609,7 @@ class Stack:
     headers: dict[str, str]
 
     def output(self) -> str:
-        return _tail(self.process.log)
+        return tail(self.process.log)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> requests.Response:
@@ -678,7 +656,7 @@ def _start_stack(processes: Processes, log_dir: Path, api_port: int, emulator_po
                   Aws(endpoint, _settings(stage.stage_environment("dev"))), process, http,
                   headers or {})
 
-    def answers():
+    def api_answers():
         if not process.alive():
             pytest.fail(f"devstack.run exited with code {process.popen.returncode}\n"
                         f"{stack.output()}", pytrace=False)
@@ -687,7 +665,7 @@ def _start_stack(processes: Processes, log_dir: Path, api_port: int, emulator_po
         except requests.RequestException:
             return None
 
-    _wait_for(answers, STARTUP_TIMEOUT, "the API to answer", stack.output, interval=0.2)
+    _wait_for(api_answers, STARTUP_TIMEOUT, "the API to answer", stack.output, interval=0.2)
     return stack
 
 
@@ -696,7 +674,7 @@ def _text_answer(answer: requests.Response) -> bool:
 
 
 def test_emulator_down_answers_503_and_the_stack_recovers(processes, tmp_path):
-    api_port, emulator_port = _free_ports(2)
+    api_port, emulator_port = free_ports(2)
     moto_log = tmp_path / "moto.log"
     moto = processes.adopt("moto", emulator.start_moto(HOST, emulator_port, str(moto_log)),
                            moto_log)
@@ -705,7 +683,7 @@ def test_emulator_down_answers_503_and_the_stack_recovers(processes, tmp_path):
     stack.wait_until_trained(before_outage)  # not predicted: nothing cached
 
     processes.kill(moto)
-    _wait_for(lambda: not emulator.answers(HOST, emulator_port), 5, "moto to stop answering")
+    _wait_for(lambda: not answers(emulator_port), 5, "moto to stop answering")
     timings = {}
     for name, method, path, body in [
             ("POST /models", "POST", "/models", IRIS),
@@ -780,7 +758,7 @@ def test_emulator_down_answers_503_and_the_stack_recovers(processes, tmp_path):
 
 
 def test_emulator_hung_answers_503_within_seconds(processes, tmp_path):
-    api_port, emulator_port = _free_ports(2)
+    api_port, emulator_port = free_ports(2)
     moto_log = tmp_path / "moto.log"
     moto = processes.adopt("moto", emulator.start_moto(HOST, emulator_port, str(moto_log)),
                            moto_log)
@@ -788,8 +766,8 @@ def test_emulator_hung_answers_503_within_seconds(processes, tmp_path):
     server = processes.spawn(
         "devstack.server", [sys.executable, "-m", "devstack.server", "--port", str(api_port)],
         _base_environment(endpoint), tmp_path / "server.log")
-    _wait_for(lambda: emulator.answers(HOST, api_port), STARTUP_TIMEOUT,
-              "the API server to listen", lambda: _tail(server.log))
+    _wait_for(lambda: answers(api_port), STARTUP_TIMEOUT,
+              "the API server to listen", lambda: tail(server.log))
     http = requests.Session()
     http.trust_env = False
     # Stopped, moto's listening socket still completes handshakes: a hung endpoint.
@@ -818,7 +796,7 @@ def keyed_stack(tmp_path_factory):
     """devstack.run with API keys required and a 1 s recheck interval."""
     log_dir = tmp_path_factory.mktemp("keyed-stack")
     started = Processes()
-    api_port, emulator_port = _free_ports(2)
+    api_port, emulator_port = free_ports(2)
     try:
         stack = _start_stack(started, log_dir, api_port, emulator_port,
                              headers={"X-Api-Key": API_KEYS[0]},

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from devstack import bootstrap, emulator, stage
 from infra import deploy, layer as layers, secrets
@@ -23,16 +22,6 @@ from infra.package import CHALICE
 REGION = "us-east-1"
 PROJECT = stage.PROJECT_DIR
 DEPLOY_BUCKET = "ml-api-deploy-test"
-
-
-@pytest.fixture
-def moto_session(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield boto3.session.Session()
 
 
 def _tiny_layer(tmp_path: Path, inputs: str = "a" * 64) -> layers.Layer:

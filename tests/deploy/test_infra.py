@@ -10,7 +10,6 @@ import textwrap
 import boto3
 import pytest
 from chalice.cli.factory import CLIFactory
-from moto import mock_aws
 
 from devstack import bootstrap, emulator, stage
 from infra import definition
@@ -124,16 +123,6 @@ def test_chalice_wires_the_trainer_to_the_stages_own_queue(stage_name):
 
 
 # --- bootstrap, in-process moto ---------------------------------------------------
-
-@pytest.fixture
-def moto_session(monkeypatch):
-    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
-    for name, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": REGION}.items():
-        monkeypatch.setenv(name, value)
-    with mock_aws():
-        yield boto3.session.Session()
-
 
 def _queue_attributes(session, name):
     sqs = session.client("sqs")
