@@ -6,7 +6,8 @@ chalicelib.
 from chalice import Chalice
 
 from chalicelib import api, components
-from chalicelib.config import TRAINER_MAX_CONCURRENCY, TRAINING_QUEUE_NAME
+from chalicelib.config import (API_GATEWAY_AUTHORIZER, TRAINER_MAX_CONCURRENCY,
+                               TRAINING_QUEUE_NAME)
 from chalicelib.queue import TrainingMessage
 
 app = Chalice(app_name="ml-api")
@@ -20,24 +21,38 @@ def _body() -> bytes:
     return app.current_request.raw_body or b""
 
 
+# In a deployed stage with API_GATEWAY_AUTHORIZER=true (prod), API Gateway
+# checks X-Api-Key with this authorizer before a route's Lambda runs. The
+# middleware runs the same check inside the app, with the service's own texts,
+# wherever REQUIRE_API_KEY is on: locally, in tests, and behind API Gateway.
+@app.authorizer(header="X-Api-Key", ttl_seconds=300)
+def api_key_authorizer(auth_request):
+    return api.authorize(auth_request.token)
+
+
 @app.middleware("http")
 def require_api_key(event, get_response):
     return api.check_api_key(event.headers) or get_response(event)
 
 
-@app.route("/models", methods=["POST"], content_types=api.ANY_CONTENT_TYPE)
+# Read when Chalice imports the app to deploy it, with the stage's variables set.
+_AUTH = {"authorizer": api_key_authorizer} if API_GATEWAY_AUTHORIZER else {}
+
+
+@app.route("/models", methods=["POST"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def create_model():
     return api.create_model(_content_type(), _body())
 
 
 # GET as in the seed; POST too, because many HTTP tools cannot send a GET body.
-@app.route("/models/{model_id}", methods=["GET", "POST"], content_types=api.ANY_CONTENT_TYPE)
+@app.route("/models/{model_id}", methods=["GET", "POST"], content_types=api.ANY_CONTENT_TYPE,
+           **_AUTH)
 def predict(model_id):
     return api.predict(model_id, _content_type(), _body())
 
 
 @app.route("/check_model_status/{model_id}", methods=["GET", "POST"],
-           content_types=api.ANY_CONTENT_TYPE)
+           content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def check_model_status(model_id):
     return api.model_status(model_id)
 

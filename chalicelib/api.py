@@ -7,7 +7,7 @@ import re
 from typing import Callable
 
 import orjson
-from chalice import Response
+from chalice import AuthResponse, Response
 
 from chalicelib import components
 from chalicelib.aws import is_aws_failure
@@ -86,6 +86,20 @@ def _too_large(body: bytes, limit: int, what: str) -> Response | None:
         return None
     return _text(413, f"The body is {len(body) / 2**20:.1f} MB; {what} is limited to "
                       f"{limit // 2**20} MB.")
+
+
+def authorize(presented: str | None) -> AuthResponse:
+    """API Gateway's check, as a Chalice authorizer that runs before the route's
+    Lambda: every route for a valid key, none otherwise (API Gateway answers
+    401 without the header, 403 for a key that is not valid). Fails closed."""
+    try:
+        refusal = components.api_keys().refusal(presented)
+    except Exception as error:
+        log("authorizer.error", level=logging.ERROR, error=f"{type(error).__name__}: {error}")
+        refusal = (503, "unavailable")
+    if refusal is None:
+        return AuthResponse(routes=["*"], principal_id="api-key")
+    return AuthResponse(routes=[], principal_id="refused")
 
 
 @_unavailable_on_aws_failure

@@ -19,6 +19,8 @@ TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
 # reserved concurrency: receives that Lambda would throttle still count
 # towards the dead-letter queue's limit, so SQS must not hand out more.
 TRAINER_MAX_CONCURRENCY = int(os.environ.get("TRAINER_MAX_CONCURRENCY", "5"))
+# Routes get API Gateway's X-Api-Key authorizer (set in the prod stage).
+API_GATEWAY_AUTHORIZER = os.environ.get("API_GATEWAY_AUTHORIZER", "false") == "true"
 
 
 @dataclass(frozen=True)

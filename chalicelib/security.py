@@ -79,6 +79,11 @@ class ArtifactSigner:
         return blob
 
 
+def api_key_required() -> bool:
+    """REQUIRE_API_KEY=true (the prod stage) turns the X-Api-Key check on."""
+    return os.environ.get("REQUIRE_API_KEY", "false").lower() in ("1", "true", "yes")
+
+
 class ApiKeys:
     """X-Api-Key checking; `keys` None means no key is required."""
 
@@ -93,7 +98,7 @@ class ApiKeys:
     def from_env(cls, ssm_client: Callable[[], object]) -> "ApiKeys":
         """REQUIRE_API_KEY=true turns the check on; the accepted keys come from
         API_KEYS (comma-separated) or the SSM parameter named by API_KEYS_PARAMETER."""
-        if os.environ.get("REQUIRE_API_KEY", "false").lower() not in ("1", "true", "yes"):
+        if not api_key_required():
             return cls(None)
         keys = _from_environment_or_ssm("API_KEYS", "API_KEYS_PARAMETER", ssm_client) or ""
         return cls(frozenset(k.strip() for k in keys.split(",") if k.strip()))

@@ -175,3 +175,43 @@ def test_bodies_over_the_limits_are_413_before_parsing(aws, monkeypatch):
         assert "a prediction request (Lambda's request payload limit) is limited to 6 MB" in \
             response.body.decode()
     assert queue_messages(aws, components.settings().queue) == []
+
+
+def test_api_gateway_authorizer_allows_valid_keys_only(aws, monkeypatch):
+    from chalice.app import AuthRequest
+
+    monkeypatch.setenv("REQUIRE_API_KEY", "true")
+    monkeypatch.setenv("API_KEYS", "alpha-key")
+    components.reset()
+    request = AuthRequest("TOKEN", "alpha-key",
+                          "arn:aws:execute-api:us-east-1:1:abc/api/GET/models/m1")
+    handlers = app.builtin_auth_handlers  # registered even where routes do not use it
+    assert [h.name for h in handlers] == ["api_key_authorizer"]
+    assert api.authorize("alpha-key").routes == ["*"]
+    assert api.authorize("beta-key").routes == []
+    assert api.authorize(None).routes == []
+    policy = api.authorize("alpha-key").to_dict(request)["policyDocument"]
+    assert policy["Statement"][0]["Effect"] == "Allow"
+
+
+def test_authorizer_fails_closed_when_keys_cannot_be_read(aws, monkeypatch):
+    monkeypatch.setenv("REQUIRE_API_KEY", "true")
+    monkeypatch.delenv("API_KEYS", raising=False)
+    monkeypatch.setenv("API_KEYS_PARAMETER", "/ml-api/prod/missing")
+    components.reset()
+    assert api.authorize("anything").routes == []
+
+
+def test_routes_carry_the_authorizer_only_where_the_stage_asks(tmp_path):
+    import subprocess
+    import sys
+
+    from devstack import stage
+
+    script = ("import app; print(sorted({str(getattr(e.authorizer, 'name', None)) "
+              "for m in app.app.routes.values() for e in m.values()}))")
+    for stage_name, expected in (("dev", "['None']"), ("prod", "['api_key_authorizer']")):
+        env = {"PATH": "/usr/bin:/bin", **stage.stage_environment(stage_name)}
+        out = subprocess.run([sys.executable, "-c", script], cwd=stage.PROJECT_DIR, env=env,
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == expected, stage_name

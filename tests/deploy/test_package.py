@@ -132,8 +132,18 @@ def test_template_wires_layer_queue_and_settings(built):
     assert roles and all(r["Properties"]["Policies"][0]["PolicyDocument"] == policy for r in roles)
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert sorted(g["LogGroupName"]["Fn::Sub"] for g in groups) == [
-        "/aws/lambda/${APIHandler}", "/aws/lambda/${TrainModel}"]
+        "/aws/lambda/${APIHandler}", "/aws/lambda/${ApiKeyAuthorizer}",
+        "/aws/lambda/${TrainModel}"]
     assert {g["RetentionInDays"] for g in groups} == {90}
+    # prod: API Gateway checks X-Api-Key with the app's authorizer on every route.
+    assert resources["ApiKeyAuthorizer"]["Properties"]["Layers"] == [FAKE_LAYER]
+    swagger = resources["RestAPI"]["Properties"]["DefinitionBody"]
+    [authorizer] = swagger["securityDefinitions"].values()
+    assert (authorizer["in"], authorizer["name"]) == ("header", "X-Api-Key")
+    for path, methods in swagger["paths"].items():
+        for method, operation in methods.items():
+            if method != "options":
+                assert operation.get("security"), (path, method)
 
 
 def test_app_runs_on_the_layer_alone(built):
