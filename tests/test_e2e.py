@@ -655,3 +655,63 @@ def test_concurrent_clients_get_no_errors_and_every_model_trains(stack, iris):
            len(statuses), f"{statuses.count(202)} x 202 and {statuses.count(201)} x 201 in "
            f"{elapsed:.1f} s, no errors; all {len(model_ids)} models reached \"{final[0]}\"; "
            "the bounded 5,000-request load test is in BENCHMARKS.md")
+
+
+# --- the local server answers as chalice local does --------------------------------
+
+def test_local_server_answers_exactly_as_chalice_local(stack, iris, tmp_path):
+    """devstack.server (what make run serves) is chalice local's gateway with
+    TCP_NODELAY and a thread per connection: same routes, same answers."""
+    import subprocess
+    import sys
+
+    from devstack import stage
+
+    ours_port, theirs_port = free_ports(2)
+    env = {**os.environ, "AWS_ENDPOINT_URL": stack.endpoint, "AWS_ACCESS_KEY_ID": "test",
+           "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": REGION,
+           "MODEL_SIGNING_KEY": stage.dev_signing_key()}
+    for name in ("PORT", "REQUIRE_API_KEY", "API_KEYS"):
+        env.pop(name, None)
+    chalice = str(Path(sys.executable).parent / "chalice")
+    commands = {
+        ours_port: [sys.executable, "-m", "devstack.server", "--port", str(ours_port)],
+        theirs_port: [chalice, "local", "--host", "127.0.0.1", "--port", str(theirs_port),
+                      "--no-autoreload", "--stage", "dev"],
+    }
+    processes = []
+    try:
+        for port, command in commands.items():
+            with open(tmp_path / f"{port}.log", "wb") as log:
+                processes.append(subprocess.Popen(command, cwd=REPO, env=env, stdout=log,
+                                                  stderr=subprocess.STDOUT))
+            deadline = time.monotonic() + STARTUP_TIMEOUT
+            while not answers(port):
+                assert time.monotonic() < deadline, tail(tmp_path / f"{port}.log")
+                time.sleep(0.1)
+        rows = "".join(",".join(row[:4]) + "\n" for row in IRIS_ROWS[::40]).encode()
+        requests_to_compare = [
+            ("GET", f"/models/{iris.model_id}", "text/csv", b"6.9,3.1,5.1,2.3"),
+            ("POST", f"/models/{iris.model_id}", "text/csv", rows),
+            ("GET", f"/models/{iris.model_id}", "application/json", b"[1]"),
+            ("GET", f"/models/{iris.model_id}", "text/csv", b"1,2,3\n"),
+            ("GET", f"/models/{UNKNOWN_ID}", "text/csv", b"1,2,3,4"),
+            ("POST", f"/check_model_status/{iris.model_id}", None, b""),
+            ("GET", f"/check_model_status/{UNKNOWN_ID}", None, b""),
+            ("POST", "/models", "application/json", b"{}"),
+            ("POST", "/models", "text/csv", b"1,2,a\n3,b\n"),
+            ("GET", "/nowhere", None, b""),
+        ]
+        session = requests.Session()
+        session.trust_env = False
+        for method, path, content_type, body in requests_to_compare:
+            headers = {"Content-Type": content_type} if content_type else {}
+            ours, theirs = (session.request(method, f"http://127.0.0.1:{port}{path}", data=body,
+                                            headers=headers, timeout=HTTP_TIMEOUT)
+                            for port in (ours_port, theirs_port))
+            assert (ours.status_code, ours.headers.get("Content-Type"), ours.content) == \
+                (theirs.status_code, theirs.headers.get("Content-Type"), theirs.content), path
+    finally:
+        for process in processes:
+            process.terminate()
+            process.wait(timeout=10)
