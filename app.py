@@ -41,7 +41,12 @@ _AUTH = {"authorizer": api_key_authorizer} if API_GATEWAY_AUTHORIZER else {}
 
 @app.route("/models", methods=["POST"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def create_model():
-    return api.create_model(_content_type(), _body())
+    return api.create_model(_content_type(), _body(), app.current_request.query_params)
+
+
+@app.route("/models", methods=["GET"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
+def list_models():
+    return api.list_models(app.current_request.query_params)
 
 
 # GET as in the seed; POST too, because many HTTP tools cannot send a GET body.
@@ -49,6 +54,12 @@ def create_model():
            **_AUTH)
 def predict(model_id):
     return api.predict(model_id, _content_type(), _body())
+
+
+@app.route("/models/{model_id}", methods=["DELETE"], content_types=api.ANY_CONTENT_TYPE,
+           **_AUTH)
+def delete_model(model_id):
+    return api.delete_model(model_id)
 
 
 @app.route("/check_model_status/{model_id}", methods=["GET", "POST"],

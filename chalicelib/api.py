@@ -16,7 +16,8 @@ from chalicelib.logs import log
 from chalicelib.security import ConfigurationError, TamperedArtifact
 from chalicelib.serving import ArtifactMissing
 from chalicelib.storage import SERVING_ARTIFACT, artifact_key
-from chalicelib.service import ModelFailed, ModelNotFound, ModelTraining
+from chalicelib.service import (MAX_TTL_HOURS, InvalidRequest, ModelFailed, ModelNotFound,
+                                ModelTraining)
 
 # The seed's exact strings: its clients compare them.
 TRAINING_CSV_REQUIRED = (
@@ -110,16 +111,44 @@ def check_api_key(headers) -> Response | None:
     return None if refusal is None else _text(*refusal)
 
 
+def _known_parameters(query: dict | None, known: tuple[str, ...]) -> dict:
+    query = query or {}
+    unknown = sorted(set(query) - set(known))
+    if unknown:
+        raise InvalidRequest(f"unknown query parameter {unknown[0]!r}; this route takes "
+                             + (", ".join(known) or "none"))
+    return query
+
+
+def _number(query: dict, name: str, low: float, high: float, whole: bool = False):
+    text = query.get(name)
+    if text is None:
+        return None
+    try:
+        value = int(text) if whole else float(text)
+    except ValueError:
+        value = None
+    if value is None or not (low <= value <= high):  # NaN fails too
+        kind = "a whole number" if whole else "a number"
+        raise InvalidRequest(f"{name} must be {kind} from {low:g} to {high:g}, not {text!r}")
+    return value
+
+
 @_unavailable_on_aws_failure
-def create_model(content_type: str | None, body: bytes) -> Response:
+def create_model(content_type: str | None, body: bytes, query: dict | None = None) -> Response:
     too_large = _too_large(body, TRAINING_BODY_LIMIT_BYTES,
                            "training data sent to POST /models (API Gateway's request limit)")
     if too_large:
         return too_large
+    try:
+        ttl_hours = _number(_known_parameters(query, ("ttl_hours",)), "ttl_hours",
+                            1 / 60, MAX_TTL_HOURS)
+    except InvalidRequest as error:
+        return _text(400, str(error))
     if not _is_csv(content_type):
         return _text(415, TRAINING_CSV_REQUIRED)
     try:
-        submission = components.service().submit(body)
+        submission = components.service().submit(body, ttl_hours)
     except CsvError as error:
         return _text(415, f"{TRAINING_CSV_REQUIRED}\n{error}")
     return _json(201, {"message": TRAINING_STARTED, "model_id": submission.model_id,
@@ -173,6 +202,28 @@ def _predictions(answer: dict) -> Response:
                           f"Lambda's 6 MB response limit; send at most {fitting} rows per request.")
     return Response(body=body.decode(), status_code=202,
                     headers={"Content-Type": "application/json"})
+
+
+@_unavailable_on_aws_failure
+def list_models(query: dict | None) -> Response:
+    try:
+        query = _known_parameters(query, ("limit", "status", "next"))
+        limit = _number(query, "limit", 1, 100, whole=True) or 20
+        page = components.service().page(limit, query.get("next"), query.get("status"))
+    except InvalidRequest as error:
+        return _text(400, str(error))
+    return _json(200, page)
+
+
+@_unavailable_on_aws_failure
+def delete_model(model_id: str) -> Response:
+    if not _MODEL_ID.fullmatch(model_id):
+        return _text(404, MODEL_NOT_FOUND)
+    try:
+        components.service().delete(model_id)
+    except ModelNotFound:
+        return _text(404, MODEL_NOT_FOUND)
+    return Response(body="", status_code=204)
 
 
 @_unavailable_on_aws_failure

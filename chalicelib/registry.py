@@ -19,6 +19,8 @@ class Status(StrEnum):
     TRAINING = "TRAINING"
     READY = "READY"
     FAILED = "FAILED"
+    # Being deleted: invisible, and a DELETE that was cut short can finish.
+    DELETING = "DELETING"
 
 
 # The seed's exact strings.
@@ -49,6 +51,7 @@ class ModelRecord:
     # item: a cold container then needs one GetItem, and no S3 client, to answer.
     serving: bytes | None = None
     serving_hmac: str | None = None
+    expires_at: int | None = None  # epoch seconds; DynamoDB's TTL attribute
 
     @property
     def visible(self) -> bool:
@@ -68,6 +71,8 @@ class ModelRecord:
             facts["classes"] = self.classes
         if self.error is not None:
             facts["error"] = self.error
+        if self.expires_at is not None:
+            facts["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires_at))
         return facts
 
 
@@ -77,6 +82,9 @@ def now_iso() -> str:
 
 def _conditional_failed(error: ClientError) -> bool:
     return error.response["Error"]["Code"] == "ConditionalCheckFailedException"
+
+
+LISTING = "model"  # the by_created index's one partition: every model
 
 
 # DynamoDB's attribute-value format, for the few types the items hold. The
@@ -121,7 +129,12 @@ class ModelRegistry:
             "n_rows": record.n_rows,
             "n_features": record.n_features,
             "dataset_key": record.dataset_key,
+            # The by_created index lists models newest first.
+            "listing": LISTING,
+            "created_seq": f"{record.created_at}#{record.model_id}",
         }
+        if record.expires_at is not None:
+            item["expires_at"] = record.expires_at
         try:
             self._client.put_item(
                 TableName=self._table,
@@ -133,15 +146,25 @@ class ModelRegistry:
             raise
         return True
 
-    def get(self, model_id: str) -> ModelRecord | None:
+    def get(self, model_id: str, include_deleting: bool = False) -> ModelRecord | None:
+        """The model's record; None if there is none, or it has expired (DynamoDB
+        removes expired items only eventually), or it is being deleted."""
         answer = self._client.get_item(TableName=self._table, ConsistentRead=True,
                                        Key={"model_id": {"S": model_id}})
         if "Item" not in answer:
             return None
-        item = {name: _from_attribute(value) for name, value in answer["Item"].items()}
+        record = self._record(answer["Item"], time.time())
+        if record is None or (record.status == Status.DELETING and not include_deleting):
+            return None
+        return record
+
+    def _record(self, attributes: dict, now: float) -> ModelRecord | None:
+        item = {name: _from_attribute(value) for name, value in attributes.items()}
+        if item.get("expires_at") is not None and item["expires_at"] <= now:
+            return None
         status, error = Status(item["status"]), item.get("error")
         if (status == Status.TRAINING and item.get("attempts", 0) >= self._max_receives
-                and item.get("lease_expires", 0) < time.time()):
+                and item.get("lease_expires", 0) < now):
             status = Status.FAILED
             error = (f"training did not finish in {item['attempts']} deliveries (the trainer "
                      "was killed, ran out of memory or timed out); the training message is "
@@ -159,7 +182,25 @@ class ModelRegistry:
             error=error,
             serving=item.get("serving"),
             serving_hmac=item.get("serving_hmac"),
+            expires_at=item.get("expires_at"),
         )
+
+    def page(self, limit: int, start: dict | None = None,
+             statuses: set[Status] | None = None) -> tuple[list[ModelRecord], dict | None]:
+        """One page of visible models, newest first, and where the next page
+        starts (None after the last). Filtering happens after DynamoDB's limit,
+        so a page may hold fewer than `limit` models while more follow."""
+        query = {"TableName": self._table, "IndexName": "by_created", "Limit": limit,
+                 "KeyConditionExpression": "listing = :listing",
+                 "ExpressionAttributeValues": {":listing": {"S": LISTING}},
+                 "ScanIndexForward": False}
+        if start:
+            query["ExclusiveStartKey"] = start
+        answer = self._client.query(**query)
+        now = time.time()
+        records = [r for r in (self._record(item, now) for item in answer.get("Items", []))
+                   if r is not None and r.visible and (not statuses or r.status in statuses)]
+        return records, answer.get("LastEvaluatedKey")
 
     def _transition(self, model_id: str, condition: str, new: Status,
                     condition_values: dict | None = None, **values) -> bool:
@@ -227,6 +268,10 @@ class ModelRegistry:
     def mark_failed(self, model_id: str, error: str, owner: str) -> bool:
         return self._transition(model_id, self._HELD, Status.FAILED, self._held_by(owner),
                                 error=error)
+
+    def mark_deleting(self, model_id: str) -> bool:
+        """Hides the model at once; False if there is no such model."""
+        return self._transition(model_id, "attribute_exists(#status)", Status.DELETING)
 
     def delete(self, model_id: str) -> None:
         self._client.delete_item(TableName=self._table, Key={"model_id": {"S": model_id}})

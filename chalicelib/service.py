@@ -1,7 +1,9 @@
 """What the API does, independent of HTTP: submit, look up, predict."""
 from __future__ import annotations
 
+import base64
 import contextlib
+import json
 import logging
 import secrets
 import time
@@ -28,10 +30,37 @@ class ModelFailed(Exception):
     """Training failed; str() is the reason."""
 
 
+class InvalidRequest(ValueError):
+    """A query parameter or token that cannot be used; str() says why (400)."""
+
+
+# What `?status=` accepts, in the words clients see.
+STATUS_FILTERS = {"training": {Status.QUEUED, Status.TRAINING}, "ready": {Status.READY},
+                  "failed": {Status.FAILED}}
+MAX_TTL_HOURS = 24 * 365
+
+
 @dataclass(frozen=True)
 class Submission:
     model_id: str
     task_id: str
+
+
+def _encode_token(key: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str) -> dict:
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+        if (isinstance(key, dict) and set(key) == {"listing", "created_seq", "model_id"}
+                and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str)
+                        for v in key.values())):
+            return key
+    except (ValueError, UnicodeError):
+        pass
+    raise InvalidRequest("next is not a token this service handed out; "
+                         "start again without it")
 
 
 def new_model_id() -> str:
@@ -47,7 +76,7 @@ class ModelService:
         self._queue = queue
         self._predictor = predictor
 
-    def submit(self, body: bytes) -> Submission:
+    def submit(self, body: bytes, ttl_hours: float | None = None) -> Submission:
         """Validates the CSV, stores it, registers the model, enqueues training.
 
         Raises CsvError for bad data (nothing stored). If AWS fails part-way,
@@ -56,9 +85,11 @@ class ModelService:
         data = parse_training(body)
         model_id, task_id = new_model_id(), str(uuid.uuid4())
         key = self._store.put_dataset(model_id, body)
+        expires_at = None if ttl_hours is None else int(time.time() + ttl_hours * 3600)
         record = ModelRecord(model_id=model_id, task_id=task_id, status=Status.SUBMITTING,
                              created_at=now_iso(), n_rows=data.n_rows,
-                             n_features=data.n_features, dataset_key=key)
+                             n_features=data.n_features, dataset_key=key,
+                             expires_at=expires_at)
         try:
             if not self._registry.create(record):
                 raise RuntimeError(f"model id {model_id} is already taken")
@@ -81,6 +112,33 @@ class ModelService:
             self._registry.delete(model_id)
         with contextlib.suppress(Exception):
             self._store.delete_dataset(model_id)
+
+    def page(self, limit: int = 20, token: str | None = None,
+             status: str | None = None) -> dict:
+        """{"models": [facts, newest first], "next": token or None}."""
+        if status is not None and status not in STATUS_FILTERS:
+            raise InvalidRequest(f"status must be one of {', '.join(STATUS_FILTERS)}, "
+                                 f"not {status!r}")
+        start = _decode_token(token) if token else None
+        records, after = self._registry.page(limit, start,
+                                             STATUS_FILTERS[status] if status else None)
+        return {"models": [r.public() for r in records],
+                "next": _encode_token(after) if after else None}
+
+    def delete(self, model_id: str) -> None:
+        """Removes the status item, the dataset and the artifacts. The model is
+        hidden first, so a DELETE cut short leaves nothing visible, and
+        repeating it finishes the job. Warm containers elsewhere may answer
+        from their cache until they next read its status (MODEL_RECHECK_SECONDS)."""
+        record = self._registry.get(model_id, include_deleting=True)
+        if record is None:
+            raise ModelNotFound(model_id)
+        self._registry.mark_deleting(model_id)
+        self._predictor.forget(model_id)
+        self._store.delete_artifacts(model_id)
+        self._store.delete_dataset(model_id)
+        self._registry.delete(model_id)
+        log("model.deleted", model_id=model_id, task_id=record.task_id)
 
     def record(self, model_id: str) -> ModelRecord:
         record = self._registry.get(model_id)

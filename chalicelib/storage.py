@@ -42,6 +42,10 @@ class ArtifactStore:
     def verify(self, model_id: str, name: str, blob: bytes, signature: str | None) -> bytes:
         return self._signer.verify(artifact_key(model_id, name), blob, signature)
 
+    def delete_artifacts(self, model_id: str) -> None:
+        for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
+            self._s3.delete_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
+
     def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
         # A single PUT is atomic in S3: readers see the whole object or none,
         # and the signature arrives with the bytes it signs.

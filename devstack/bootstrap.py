@@ -98,14 +98,16 @@ def _key_schema(schema: list[dict]) -> list[tuple[str, str]]:
 def ensure_table(session, logical: str, props: dict) -> Attributes:
     _only(logical, "AWS::DynamoDB::Table", props,
           {"TableName", "BillingMode", "AttributeDefinitions", "KeySchema",
-           "TimeToLiveSpecification"},
+           "GlobalSecondaryIndexes", "TimeToLiveSpecification"},
           {"TableName", "BillingMode", "AttributeDefinitions", "KeySchema"})
     dynamodb = session.client("dynamodb")
     name = props["TableName"]
     try:
+        indexes = ({"GlobalSecondaryIndexes": props["GlobalSecondaryIndexes"]}
+                   if props.get("GlobalSecondaryIndexes") else {})
         dynamodb.create_table(TableName=name, KeySchema=props["KeySchema"],
                               AttributeDefinitions=props["AttributeDefinitions"],
-                              BillingMode=props["BillingMode"])
+                              BillingMode=props["BillingMode"], **indexes)
     except ClientError as error:
         if _code(error) != "ResourceInUseException":
             raise
@@ -119,9 +121,23 @@ def ensure_table(session, logical: str, props: dict) -> Attributes:
     if billing != props["BillingMode"]:
         dynamodb.update_table(TableName=name, BillingMode=props["BillingMode"])
         dynamodb.get_waiter("table_exists").wait(TableName=name, WaiterConfig={"Delay": 1})
+    _ensure_indexes(dynamodb, table, props)
     if "TimeToLiveSpecification" in props:
         _ensure_ttl(dynamodb, name, props["TimeToLiveSpecification"])
     return {"Ref": name, "Arn": table["TableArn"]}
+
+
+def _ensure_indexes(dynamodb, table: dict, props: dict) -> None:
+    """Adds the global secondary indexes a table made before them lacks."""
+    have = {index["IndexName"] for index in table.get("GlobalSecondaryIndexes", [])}
+    for index in props.get("GlobalSecondaryIndexes", []):
+        if index["IndexName"] in have:
+            continue
+        dynamodb.update_table(TableName=table["TableName"],
+                              AttributeDefinitions=props["AttributeDefinitions"],
+                              GlobalSecondaryIndexUpdates=[{"Create": index}])
+        dynamodb.get_waiter("table_exists").wait(TableName=table["TableName"],
+                                                 WaiterConfig={"Delay": 1})
 
 
 def _ensure_ttl(dynamodb, table: str, wanted: dict) -> None:

@@ -715,3 +715,23 @@ def test_local_server_answers_exactly_as_chalice_local(stack, iris, tmp_path):
         for process in processes:
             process.terminate()
             process.wait(timeout=10)
+
+
+# --- lifecycle over HTTP -------------------------------------------------------------
+
+def test_list_expire_and_delete_over_http(stack, iris):
+    listed = stack.http.get(f"{stack.api}/models?status=ready&limit=100", timeout=HTTP_TIMEOUT)
+    assert listed.status_code == 200
+    assert iris.model_id in [m["model_id"] for m in listed.json()["models"]]
+    created = stack.http.post(f"{stack.api}/models?ttl_hours=1", data=IRIS, headers=CSV,
+                              timeout=HTTP_TIMEOUT)
+    assert created.status_code == 201, created.text
+    model_id = created.json()["model_id"]
+    status = _wait_for_training(stack, model_id)
+    assert status["status"] == READY and "expires_at" in status
+    deleted = stack.http.delete(f"{stack.api}/models/{model_id}", timeout=HTTP_TIMEOUT)
+    assert (deleted.status_code, deleted.content) == (204, b"")
+    assert _status(stack, model_id).status_code == 404
+    assert _predict(stack, model_id, b"6.9,3.1,5.1,2.3").status_code == 404
+    keys = stack.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{model_id}/").get("KeyCount")
+    assert keys == 0

@@ -38,7 +38,8 @@ def _allowed_resources(stage_name: str) -> dict[str, set[str]]:
     return {
         "s3": {f"arn:aws:s3:::{settings.bucket}"}
               | {f"arn:aws:s3:::{settings.bucket}/{prefix}/*" for prefix in prefixes},
-        "dynamodb": {f"arn:aws:dynamodb:*:*:table/{settings.table}"},
+        "dynamodb": {f"arn:aws:dynamodb:*:*:table/{settings.table}",
+                     f"arn:aws:dynamodb:*:*:table/{settings.table}/index/by_created"},
         "sqs": {f"arn:aws:sqs:*:*:{settings.queue}"},
         "ssm": {f"arn:aws:ssm:*:*:parameter/ml-api/{stage_name}/*"},
         "logs": {f"arn:aws:logs:*:*:log-group:{functions}",
