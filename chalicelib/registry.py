@@ -2,6 +2,7 @@
 knows the status values and what clients are told about them."""
 from __future__ import annotations
 
+import base64
 import json
 import time
 from dataclasses import dataclass
@@ -34,6 +35,13 @@ PUBLIC_STATUS = {
     Status.READY: READY_TEXT,
     Status.FAILED: FAILED_TEXT,
 }
+# What GET /models?status= accepts.
+STATUS_FILTERS = {"training": {Status.QUEUED, Status.TRAINING}, "ready": {Status.READY},
+                  "failed": {Status.FAILED}}
+
+
+class InvalidPageToken(ValueError):
+    pass
 
 @dataclass
 class ModelRecord:
@@ -85,6 +93,23 @@ def _conditional_failed(error: ClientError) -> bool:
 
 
 LISTING = "model"  # the by_created index's one partition: every model
+
+
+def _encode_token(key: dict) -> str:
+    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
+
+
+def _decode_token(token: str) -> dict:
+    """The index key a page token stands for; InvalidPageToken if it is not one."""
+    try:
+        key = json.loads(base64.urlsafe_b64decode(token.encode()))
+    except (ValueError, UnicodeError):
+        raise InvalidPageToken(token) from None
+    if not (isinstance(key, dict) and set(key) == {"listing", "created_seq", "model_id"}
+            and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str)
+                    for v in key.values())):
+        raise InvalidPageToken(token)
+    return key
 
 
 # DynamoDB's attribute-value format, for the few types the items hold. The
@@ -185,11 +210,12 @@ class ModelRegistry:
             expires_at=item.get("expires_at"),
         )
 
-    def page(self, limit: int, start: dict | None = None,
-             statuses: set[Status] | None = None) -> tuple[list[ModelRecord], dict | None]:
-        """One page of visible models, newest first, and where the next page
-        starts (None after the last). Filtering happens after DynamoDB's limit,
+    def page(self, limit: int, token: str | None = None,
+             statuses: set[Status] | None = None) -> tuple[list[ModelRecord], str | None]:
+        """One page of visible models, newest first, and the token of the next
+        page (None after the last). Filtering happens after DynamoDB's limit,
         so a page may hold fewer than `limit` models while more follow."""
+        start = _decode_token(token) if token else None
         query = {"TableName": self._table, "IndexName": "by_created", "Limit": limit,
                  "KeyConditionExpression": "listing = :listing",
                  "ExpressionAttributeValues": {":listing": {"S": LISTING}},
@@ -200,7 +226,8 @@ class ModelRegistry:
         now = time.time()
         records = [r for r in (self._record(item, now) for item in answer.get("Items", []))
                    if r is not None and r.visible and (not statuses or r.status in statuses)]
-        return records, answer.get("LastEvaluatedKey")
+        after = answer.get("LastEvaluatedKey")
+        return records, _encode_token(after) if after else None
 
     def _transition(self, model_id: str, condition: str, new: Status,
                     condition_values: dict | None = None, **values) -> bool:

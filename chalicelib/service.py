@@ -1,9 +1,7 @@
 """What the API does, independent of HTTP: submit, look up, predict."""
 from __future__ import annotations
 
-import base64
 import contextlib
-import json
 import logging
 import secrets
 import time
@@ -13,7 +11,8 @@ from dataclasses import dataclass
 from chalicelib.csvdata import parse_features, parse_training
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
-from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
+from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
+                                 Status, now_iso)
 from chalicelib.serving import Predictor
 from chalicelib.storage import ArtifactStore
 
@@ -34,9 +33,6 @@ class InvalidRequest(ValueError):
     """A query parameter or token that cannot be used; str() says why (400)."""
 
 
-# What `?status=` accepts, in the words clients see.
-STATUS_FILTERS = {"training": {Status.QUEUED, Status.TRAINING}, "ready": {Status.READY},
-                  "failed": {Status.FAILED}}
 MAX_TTL_HOURS = 24 * 365
 
 
@@ -44,23 +40,6 @@ MAX_TTL_HOURS = 24 * 365
 class Submission:
     model_id: str
     task_id: str
-
-
-def _encode_token(key: dict) -> str:
-    return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
-
-
-def _decode_token(token: str) -> dict:
-    try:
-        key = json.loads(base64.urlsafe_b64decode(token.encode()))
-        if (isinstance(key, dict) and set(key) == {"listing", "created_seq", "model_id"}
-                and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str)
-                        for v in key.values())):
-            return key
-    except (ValueError, UnicodeError):
-        pass
-    raise InvalidRequest("next is not a token this service handed out; "
-                         "start again without it")
 
 
 def new_model_id() -> str:
@@ -119,11 +98,12 @@ class ModelService:
         if status is not None and status not in STATUS_FILTERS:
             raise InvalidRequest(f"status must be one of {', '.join(STATUS_FILTERS)}, "
                                  f"not {status!r}")
-        start = _decode_token(token) if token else None
-        records, after = self._registry.page(limit, start,
-                                             STATUS_FILTERS[status] if status else None)
-        return {"models": [r.public() for r in records],
-                "next": _encode_token(after) if after else None}
+        try:
+            records, after = self._registry.page(limit, token, STATUS_FILTERS.get(status))
+        except InvalidPageToken:
+            raise InvalidRequest("next is not a token this service handed out; "
+                                 "start again without it") from None
+        return {"models": [r.public() for r in records], "next": after}
 
     def delete(self, model_id: str) -> None:
         """Removes the status item, the dataset and the artifacts. The model is
