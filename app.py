@@ -62,6 +62,12 @@ def delete_model(model_id):
     return api.delete_model(model_id)
 
 
+@app.route("/models/{model_id}/artifact", methods=["GET"], content_types=api.ANY_CONTENT_TYPE,
+           **_AUTH)
+def model_artifact(model_id):
+    return api.artifact(model_id)
+
+
 @app.route("/check_model_status/{model_id}", methods=["GET", "POST"],
            content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def check_model_status(model_id):

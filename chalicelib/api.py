@@ -216,6 +216,20 @@ def list_models(query: dict | None) -> Response:
 
 
 @_unavailable_on_aws_failure
+def artifact(model_id: str) -> Response:
+    if not _MODEL_ID.fullmatch(model_id):
+        return _text(404, MODEL_NOT_FOUND)
+    try:
+        return _json(200, components.service().download(model_id))
+    except ModelNotFound:
+        return _text(404, MODEL_NOT_FOUND)
+    except ModelTraining:
+        return _json(200, {"status": "Model is Training"})
+    except ModelFailed as error:
+        return _json(409, {"status": "Training Failed", "error": str(error)})
+
+
+@_unavailable_on_aws_failure
 def delete_model(model_id: str) -> Response:
     if not _MODEL_ID.fullmatch(model_id):
         return _text(404, MODEL_NOT_FOUND)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.metadata
 import logging
 import secrets
 import time
@@ -14,7 +15,7 @@ from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
                                  Status, now_iso)
 from chalicelib.serving import Predictor
-from chalicelib.storage import ArtifactStore
+from chalicelib.storage import PIPELINE_ARTIFACT, ArtifactStore, artifact_key
 
 
 class ModelNotFound(Exception):
@@ -120,6 +121,28 @@ class ModelService:
         self._registry.delete(model_id)
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 
+    def download(self, model_id: str, expires_in: int = 3600) -> dict:
+        """Where to fetch the model's scikit-learn pipeline, for a ready model."""
+        record = self._ready_record(model_id)
+        return {
+            "model_id": model_id,
+            "url": self._store.artifact_url(model_id, PIPELINE_ARTIFACT, expires_in),
+            "expires_in": expires_in,
+            "format": "pickle of a scikit-learn Pipeline (StandardScaler, LogisticRegression)",
+            "scikit_learn_version": importlib.metadata.version("scikit-learn"),
+            "signature": f"HMAC-SHA256 of '{artifact_key(model_id, PIPELINE_ARTIFACT)}\\n' "
+                         "+ the bytes, in the x-amz-meta-hmac-sha256 header",
+            "classes": record.classes,
+        }
+
+    def _ready_record(self, model_id: str) -> ModelRecord:
+        record = self.record(model_id)
+        if record.status == Status.FAILED:
+            raise ModelFailed(record.error or "unknown error")
+        if record.status != Status.READY:
+            raise ModelTraining(model_id)
+        return record
+
     def record(self, model_id: str) -> ModelRecord:
         record = self._registry.get(model_id)
         if record is None or not record.visible:
@@ -132,14 +155,10 @@ class ModelService:
         model = self._predictor.fresh(model_id)
         if model is None:
             try:
-                record = self.record(model_id)
+                record = self._ready_record(model_id)
             except ModelNotFound:
                 self._predictor.forget(model_id)
                 raise
-            if record.status == Status.FAILED:
-                raise ModelFailed(record.error or "unknown error")
-            if record.status != Status.READY:
-                raise ModelTraining(model_id)
             embedded = None if record.serving is None else (record.serving, record.serving_hmac)
             model = self._predictor.load(model_id, embedded)
         return model.predict(parse_features(body, model.n_features))

@@ -46,6 +46,13 @@ class ArtifactStore:
         for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
             self._s3.delete_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
 
+    def artifact_url(self, model_id: str, name: str, expires_in: int) -> str:
+        """A presigned GET for the artifact; its signature comes back in the
+        x-amz-meta-hmac-sha256 header of the download."""
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": artifact_key(model_id, name)},
+            ExpiresIn=expires_in)
+
     def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
         # A single PUT is atomic in S3: readers see the whole object or none,
         # and the signature arrives with the bytes it signs.

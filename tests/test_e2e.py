@@ -735,3 +735,33 @@ def test_list_expire_and_delete_over_http(stack, iris):
     assert _predict(stack, model_id, b"6.9,3.1,5.1,2.3").status_code == 404
     keys = stack.s3.list_objects_v2(Bucket=BUCKET, Prefix=f"models/{model_id}/").get("KeyCount")
     assert keys == 0
+
+
+def test_artifact_download_verifies_and_predicts_in_plain_scikit_learn(stack, iris):
+    """What the README shows a user: fetch, check the HMAC, unpickle, predict."""
+    import hashlib
+    import hmac
+    import pickle
+
+    import numpy as np
+
+    from devstack import stage
+
+    answer = stack.http.get(f"{stack.api}/models/{iris.model_id}/artifact", timeout=HTTP_TIMEOUT)
+    assert answer.status_code == 200, answer.text
+    facts = answer.json()
+    assert facts["scikit_learn_version"] == "1.9.1"
+    download = requests.get(facts["url"], timeout=HTTP_TIMEOUT)
+    assert download.status_code == 200
+    blob = download.content
+    signature = hmac.new(stage.dev_signing_key().encode(),
+                         f"models/{iris.model_id}/model.pkl\n".encode() + blob,
+                         hashlib.sha256).hexdigest()
+    assert hmac.compare_digest(signature, download.headers["x-amz-meta-hmac-sha256"])
+    pipeline = pickle.loads(blob)
+    served = _predict(stack, iris.model_id, b"6.9,3.1,5.1,2.3").json()
+    assert pipeline.predict([[6.9, 3.1, 5.1, 2.3]]).tolist() == served["predictions"]
+    np.testing.assert_allclose(pipeline.predict_proba([[6.9, 3.1, 5.1, 2.3]]),
+                               served["prediction_probability"], rtol=0, atol=1e-12)
+    unknown = stack.http.get(f"{stack.api}/models/{UNKNOWN_ID}/artifact", timeout=HTTP_TIMEOUT)
+    assert (unknown.status_code, unknown.text) == (404, MODEL_NOT_FOUND)

@@ -140,3 +140,15 @@ def test_bootstrap_adds_the_listing_index_to_an_older_table(aws):
     bootstrap.bootstrap(aws, settings, visibility_timeout=30)
     indexes = dynamodb.describe_table(TableName=settings.table)["Table"]["GlobalSecondaryIndexes"]
     assert [index["IndexName"] for index in indexes] == ["by_created"]
+
+
+def test_artifact_answers_follow_the_model_status(client, aws):
+    model_id = _submit(client)
+    training = client.http.get(f"/models/{model_id}/artifact")
+    assert (training.status_code, training.json_body) == (200, {"status": "Model is Training"})
+    assert _train_queued(aws) == ["ready"]
+    ready = client.http.get(f"/models/{model_id}/artifact").json_body
+    assert f"/models/{model_id}/model.pkl" in ready["url"] and "Signature=" in ready["url"]
+    assert ready["expires_in"] == 3600 and ready["classes"] == ["setosa", "versicolor", "virginica"]
+    for bad in ("model_nope", "..", "a" * 65):
+        assert client.http.get(f"/models/{bad}/artifact").status_code == 404
