@@ -24,6 +24,8 @@ TRAINING_CSV_REQUIRED = (
     "Please post data in csv format, and make sure the label column is the last column in the csv."
 )
 PREDICT_CSV_REQUIRED = "Please post data in csv format."
+PREDICT_JSON_REQUIRED = ('Please post data in csv format, or as JSON '
+                         '{"instances": [[feature, ...], ...]}.')
 MODEL_NOT_FOUND = (
     "The model id you supplied either doesn't exist or the model_id provided is wrong."
 )
@@ -51,8 +53,12 @@ def _json(status: int, body: dict) -> Response:
     return Response(body=body, status_code=status, headers={"Content-Type": "application/json"})
 
 
+def _media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
 def _is_csv(content_type: str | None) -> bool:
-    return (content_type or "").split(";", 1)[0].strip().lower() == "text/csv"
+    return _media_type(content_type) == "text/csv"
 
 
 def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..., Response]:
@@ -161,12 +167,13 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
                            "a prediction request (Lambda's request payload limit)")
     if too_large:
         return too_large
-    if not _is_csv(content_type):
+    as_json = _media_type(content_type) == "application/json"
+    if not (as_json or _is_csv(content_type)):
         return _text(415, PREDICT_CSV_REQUIRED)
     if not _MODEL_ID.fullmatch(model_id):
         return _text(404, MODEL_NOT_FOUND)
     try:
-        answer = components.service().predict(model_id, body)
+        answer = components.service().predict(model_id, body, as_json)
     except ModelNotFound:
         return _text(404, MODEL_NOT_FOUND)
     except ModelTraining:
@@ -174,7 +181,8 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
     except ModelFailed as error:
         return _json(409, {"status": "Training Failed", "error": str(error)})
     except CsvError as error:
-        return _text(415, f"{PREDICT_CSV_REQUIRED}\n{error}")
+        first = PREDICT_JSON_REQUIRED if as_json else PREDICT_CSV_REQUIRED
+        return _text(415, f"{first}\n{error}")
     except ArtifactMissing:
         return _text(409, f"Model {model_id} is marked ready but its artifact "
                           f"{artifact_key(model_id, SERVING_ARTIFACT)} is missing from "

@@ -10,6 +10,7 @@ import uuid
 from dataclasses import dataclass
 
 from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.jsoninput import parse_instances
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
@@ -149,7 +150,7 @@ class ModelService:
             raise ModelNotFound(model_id)
         return record
 
-    def predict(self, model_id: str, body: bytes) -> dict:
+    def predict(self, model_id: str, body: bytes, as_json: bool = False) -> dict:
         """{"predictions": labels, "prediction_probability": array}; a warm
         container answers from its cache without calling AWS."""
         model = self._predictor.fresh(model_id)
@@ -161,4 +162,5 @@ class ModelService:
                 raise
             embedded = None if record.serving is None else (record.serving, record.serving_hmac)
             model = self._predictor.load(model_id, embedded)
-        return model.predict(parse_features(body, model.n_features))
+        parse = parse_instances if as_json else parse_features
+        return model.predict(parse(body, model.n_features))

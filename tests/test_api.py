@@ -87,8 +87,8 @@ def test_status_predict_lifecycle(client):
 
 def test_predict_errors(client):
     model_id = _train(client)["model_id"]
-    response = client.http.get(f"/models/{model_id}", headers={"Content-Type": "application/json"},
-                               body=b"[1,2,3,4]")
+    response = client.http.get(f"/models/{model_id}", headers={"Content-Type": "application/xml"},
+                               body=b"<row>1,2,3,4</row>")
     assert (response.status_code, response.body.decode()) == (415, PREDICT_CSV_REQUIRED)
     response = client.http.get(f"/models/{model_id}", headers=CSV, body=b"1,2,3\n")
     assert response.status_code == 415
@@ -158,3 +158,34 @@ def test_aws_unreachable_answers_503_with_retry_after(monkeypatch):
                     "The model store is unavailable right now; retry later.")
     finally:
         components.reset()
+
+
+def test_predict_accepts_json_instances_with_the_same_answer_as_csv(client):
+    model_id = _train(client)["model_id"]
+    json_headers = {"Content-Type": "application/json"}
+    as_json = client.http.post(f"/models/{model_id}", headers=json_headers,
+                               body=b'{"instances": [[6.9, 3.1, 5.1, 2.3], [5, 3.5, 1, 0]]}')
+    as_csv = client.http.post(f"/models/{model_id}", headers=CSV,
+                              body=b"6.9,3.1,5.1,2.3\n5,3.5,1,0\n")
+    assert as_json.status_code == 202
+    assert as_json.json_body == as_csv.json_body
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"[1,2,3,4]", 'expected an object {"instances": [[feature, ...], ...]}'),
+    (b'{"instances": []}', "instances must be a non-empty list of rows"),
+    (b'{"instances": [[1, 2, 3]]}', "instance 1 has 3 values, but the model expects 4 features"),
+    (b'{"instances": [[1, 2, 3, "x"]]}', "instance 1, value 4: 'x' is not a number"),
+    (b'{"instances": [[1, 2, 3, true]]}', "instance 1, value 4: True is not a number"),
+    (b'{"instances": [1]}', "instance 1 is not a list of numbers"),
+    (b'{"records": [{"a": 1}]}', "records (rows by feature name) need a model trained with "
+                                 'feature names, and this model has none; send {"instances": '
+                                 "[[feature, ...], ...]}"),
+])
+def test_bad_json_instances_are_415_with_the_reason(client, body, reason):
+    model_id = _train(client)["model_id"]
+    response = client.http.post(f"/models/{model_id}", headers={"Content-Type": "application/json"},
+                                body=body)
+    assert response.status_code == 415
+    assert response.body.decode().split("\n") == [
+        'Please post data in csv format, or as JSON {"instances": [[feature, ...], ...]}.', reason]

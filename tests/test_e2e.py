@@ -466,7 +466,7 @@ def test_status_of_an_unknown_model_is_404(stack):
         assert answer.text == MODEL_NOT_FOUND
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None])
+@pytest.mark.parametrize("content_type", ["application/xml", "text/plain", None])
 def test_predicting_without_csv_is_415(stack, iris, content_type):
     for method in ("GET", "POST"):
         answer = _predict(stack, iris.model_id, b"6.9,3.1,5.1,2.3", method=method,
@@ -694,6 +694,8 @@ def test_local_server_answers_exactly_as_chalice_local(stack, iris, tmp_path):
             ("GET", f"/models/{iris.model_id}", "text/csv", b"6.9,3.1,5.1,2.3"),
             ("POST", f"/models/{iris.model_id}", "text/csv", rows),
             ("GET", f"/models/{iris.model_id}", "application/json", b"[1]"),
+            ("POST", f"/models/{iris.model_id}", "application/json",
+             b'{"instances": [[6.9, 3.1, 5.1, 2.3]]}'),
             ("GET", f"/models/{iris.model_id}", "text/csv", b"1,2,3\n"),
             ("GET", f"/models/{UNKNOWN_ID}", "text/csv", b"1,2,3,4"),
             ("POST", f"/check_model_status/{iris.model_id}", None, b""),
