@@ -16,6 +16,7 @@ from chalicelib.logs import log
 from chalicelib.security import ConfigurationError, TamperedArtifact
 from chalicelib.serving import ArtifactMissing
 from chalicelib.storage import SERVING_ARTIFACT, artifact_key
+from chalicelib.training import TrainingOptions
 from chalicelib.service import (MAX_TTL_HOURS, InvalidRequest, ModelFailed, ModelNotFound,
                                 ModelTraining)
 
@@ -140,6 +141,41 @@ def _number(query: dict, name: str, low: float, high: float, whole: bool = False
     return value
 
 
+def _boolean(query: dict, name: str, default: bool) -> bool:
+    text = query.get(name)
+    if text is None:
+        return default
+    if text.lower() not in ("true", "false"):
+        raise InvalidRequest(f"{name} must be true or false, not {text!r}")
+    return text.lower() == "true"
+
+
+def _choice(query: dict, name: str, choices: tuple[str, ...]) -> str | None:
+    text = query.get(name)
+    if text is not None and text not in choices:
+        raise InvalidRequest(f"{name} must be {' or '.join(choices)}, not {text!r}")
+    return text
+
+
+TRAINING_PARAMETERS = ("ttl_hours", "C", "max_iter", "class_weight", "fit_intercept",
+                       "holdout", "header")
+
+
+def _training_request(query: dict | None) -> tuple[float | None, TrainingOptions]:
+    query = _known_parameters(query, TRAINING_PARAMETERS)
+    defaults = TrainingOptions()
+    C = _number(query, "C", 1e-6, 1e6)
+    max_iter = _number(query, "max_iter", 1, 100_000, whole=True)
+    options = TrainingOptions(
+        C=defaults.C if C is None else C,
+        max_iter=defaults.max_iter if max_iter is None else max_iter,
+        class_weight=_choice(query, "class_weight", ("balanced",)),
+        fit_intercept=_boolean(query, "fit_intercept", defaults.fit_intercept),
+        holdout=_number(query, "holdout", 0, 0.5),
+        header=_boolean(query, "header", defaults.header))
+    return _number(query, "ttl_hours", 1 / 60, MAX_TTL_HOURS), options
+
+
 @_unavailable_on_aws_failure
 def create_model(content_type: str | None, body: bytes, query: dict | None = None) -> Response:
     too_large = _too_large(body, TRAINING_BODY_LIMIT_BYTES,
@@ -147,14 +183,13 @@ def create_model(content_type: str | None, body: bytes, query: dict | None = Non
     if too_large:
         return too_large
     try:
-        ttl_hours = _number(_known_parameters(query, ("ttl_hours",)), "ttl_hours",
-                            1 / 60, MAX_TTL_HOURS)
+        ttl_hours, options = _training_request(query)
     except InvalidRequest as error:
         return _text(400, str(error))
     if not _is_csv(content_type):
         return _text(415, TRAINING_CSV_REQUIRED)
     try:
-        submission = components.service().submit(body, ttl_hours)
+        submission = components.service().submit(body, ttl_hours, options)
     except CsvError as error:
         return _text(415, f"{TRAINING_CSV_REQUIRED}\n{error}")
     return _json(201, {"message": TRAINING_STARTED, "model_id": submission.model_id,

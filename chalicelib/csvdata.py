@@ -27,6 +27,7 @@ class TrainingData:
     features: np.ndarray  # (n_rows, n_features) float64
     labels: list[Label]
     classes: list[Label]  # sorted, with the type they had in the CSV
+    feature_names: list[str] | None = None  # from a header row, when there is one
 
     @property
     def n_rows(self) -> int:
@@ -64,13 +65,17 @@ def _show(value: str) -> str:
     return repr(value if len(value) <= 40 else value[:37] + "...")
 
 
-def _number(value: str, row: int, column: int) -> float:
+_TRAINING_HEADER_HINT = " (a header row? send ?header=true)"
+_FEATURES_HEADER_HINT = " (send feature rows only, without a header row)"
+
+
+def _number(value: str, row: int, column: int, header_hint: str) -> float:
     try:
         number = float(value)
     except ValueError:
         if not value.strip():
             raise CsvError(f"row {row}, column {column}: the value is missing") from None
-        hint = " (the CSV must not have a header row)" if row == 1 else ""
+        hint = header_hint if row == 1 else ""
         raise CsvError(f"row {row}, column {column}: {_show(value)} is not a number{hint}") from None
     if not math.isfinite(number):
         raise CsvError(f"row {row}, column {column}: {_show(value)} is not a finite number")
@@ -103,10 +108,13 @@ def _typed_labels(raw: list[str]) -> list[Label]:
     return numbers if whole else raw
 
 
-def parse_training(body: bytes) -> TrainingData:
+def parse_training(body: bytes, header: bool = False) -> TrainingData:
+    """Rows of features with the label last; with `header`, the first row
+    names the columns (the features' names are kept, the label's is not)."""
     features: list[list[float]] = []
     raw_labels: list[str] = []
     width = None
+    names = None
     for row, fields in _rows(body):
         if width is None:
             width = len(fields)
@@ -114,15 +122,21 @@ def parse_training(body: bytes) -> TrainingData:
                 raise CsvError(
                     f"row {row} has 1 value; expected at least one feature and the label"
                 )
+            if header:
+                names = _feature_names(fields[:-1], row)
+                continue
         elif len(fields) != width:
             raise CsvError(f"row {row} has {len(fields)} values, expected {width}")
-        features.append([_number(v, row, col) for col, v in enumerate(fields[:-1], start=1)])
+        features.append([_number(v, row, col, _TRAINING_HEADER_HINT)
+                         for col, v in enumerate(fields[:-1], start=1)])
         label = fields[-1].strip()
         if not label:
             raise CsvError(f"row {row}, column {width}: the label is missing")
         raw_labels.append(label)
     if width is None:
         raise CsvError("the body is empty")
+    if not raw_labels:
+        raise CsvError("the body has a header row but no data rows")
     labels = _typed_labels(raw_labels)
     classes = sorted(set(labels))
     classes_size = len(json.dumps(classes))
@@ -136,7 +150,19 @@ def parse_training(body: bytes) -> TrainingData:
         )
     matrix = np.array(features, dtype=np.float64)
     _check_scalable(matrix)
-    return TrainingData(matrix, labels, classes)
+    return TrainingData(matrix, labels, classes, names)
+
+
+def _feature_names(fields: list[str], row: int) -> list[str]:
+    names = [field.strip() for field in fields]
+    for column, name in enumerate(names, start=1):
+        if not name:
+            raise CsvError(f"row {row}, column {column}: the header names no feature")
+        if names.index(name) != column - 1:
+            raise CsvError(f"row {row}, column {column}: the header names {name!r} twice")
+    if len(json.dumps(names)) > CLASSES_LIMIT_BYTES:
+        raise CsvError("the header's feature names are too long to store with the model")
+    return names
 
 
 def _check_scalable(features: np.ndarray) -> None:
@@ -192,7 +218,8 @@ def _precise_features(body: bytes, n_features: int) -> np.ndarray:
                 f"row {row} has {len(fields)} values, but the model expects "
                 f"{n_features} features (send the features only, no label)"
             )
-        rows.append([_number(v, row, col) for col, v in enumerate(fields, start=1)])
+        rows.append([_number(v, row, col, _FEATURES_HEADER_HINT)
+                     for col, v in enumerate(fields, start=1)])
     if not rows:
         raise CsvError("the body is empty")
     return np.array(rows, dtype=np.float64)

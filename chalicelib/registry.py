@@ -60,6 +60,9 @@ class ModelRecord:
     serving: bytes | None = None
     serving_hmac: str | None = None
     expires_at: int | None = None  # epoch seconds; DynamoDB's TTL attribute
+    options: str | None = None  # the training options, as JSON
+    feature_names: list | None = None
+    metrics: dict | None = None
 
     @property
     def visible(self) -> bool:
@@ -79,6 +82,12 @@ class ModelRecord:
             facts["classes"] = self.classes
         if self.error is not None:
             facts["error"] = self.error
+        if self.options is not None:
+            facts["options"] = json.loads(self.options)
+        if self.feature_names is not None:
+            facts["feature_names"] = self.feature_names
+        if self.metrics is not None:
+            facts["metrics"] = self.metrics
         if self.expires_at is not None:
             facts["expires_at"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(self.expires_at))
         return facts
@@ -160,6 +169,10 @@ class ModelRegistry:
         }
         if record.expires_at is not None:
             item["expires_at"] = record.expires_at
+        if record.options is not None:
+            item["options"] = record.options
+        if record.feature_names is not None:
+            item["feature_names"] = json.dumps(record.feature_names)
         try:
             self._client.put_item(
                 TableName=self._table,
@@ -208,6 +221,9 @@ class ModelRegistry:
             serving=item.get("serving"),
             serving_hmac=item.get("serving_hmac"),
             expires_at=item.get("expires_at"),
+            options=item.get("options"),
+            feature_names=json.loads(item["feature_names"]) if "feature_names" in item else None,
+            metrics=json.loads(item["metrics"]) if "metrics" in item else None,
         )
 
     def page(self, limit: int, token: str | None = None,
@@ -287,8 +303,10 @@ class ModelRegistry:
                                 lease_expires=0)
 
     def mark_ready(self, model_id: str, classes: list, owner: str,
-                   serving: tuple[bytes, str] | None = None) -> bool:
+                   serving: tuple[bytes, str] | None = None, metrics: dict | None = None) -> bool:
         extra = {} if serving is None else {"serving": serving[0], "serving_hmac": serving[1]}
+        if metrics is not None:
+            extra["metrics"] = json.dumps(metrics)
         return self._transition(model_id, self._HELD, Status.READY, self._held_by(owner),
                                 classes=json.dumps(classes), **extra)
 

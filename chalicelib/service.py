@@ -17,6 +17,7 @@ from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, 
                                  Status, now_iso)
 from chalicelib.serving import Predictor
 from chalicelib.storage import PIPELINE_ARTIFACT, ArtifactStore, artifact_key
+from chalicelib.training import TrainingOptions
 
 
 class ModelNotFound(Exception):
@@ -57,20 +58,22 @@ class ModelService:
         self._queue = queue
         self._predictor = predictor
 
-    def submit(self, body: bytes, ttl_hours: float | None = None) -> Submission:
+    def submit(self, body: bytes, ttl_hours: float | None = None,
+               options: TrainingOptions = TrainingOptions()) -> Submission:
         """Validates the CSV, stores it, registers the model, enqueues training.
 
         Raises CsvError for bad data (nothing stored). If AWS fails part-way,
         what was written is removed again and the error propagates.
         """
-        data = parse_training(body)
+        data = parse_training(body, options.header)
         model_id, task_id = new_model_id(), str(uuid.uuid4())
         key = self._store.put_dataset(model_id, body)
         expires_at = None if ttl_hours is None else int(time.time() + ttl_hours * 3600)
         record = ModelRecord(model_id=model_id, task_id=task_id, status=Status.SUBMITTING,
                              created_at=now_iso(), n_rows=data.n_rows,
                              n_features=data.n_features, dataset_key=key,
-                             expires_at=expires_at)
+                             expires_at=expires_at, options=options.to_json(),
+                             feature_names=data.feature_names)
         try:
             if not self._registry.create(record):
                 raise RuntimeError(f"model id {model_id} is already taken")

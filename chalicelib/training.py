@@ -6,10 +6,13 @@ trainer (and unpickling a model) needs it.
 from __future__ import annotations
 
 import contextlib
+from collections import Counter
+import json
 import logging
 import pickle
 import time
 import uuid
+from dataclasses import asdict, dataclass
 
 from chalicelib.csvdata import CsvError, TrainingData, parse_training
 from chalicelib.logs import log
@@ -19,8 +22,27 @@ from chalicelib.serving import ServingModel
 from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, ArtifactStore
 
 
-def fit_pipeline(data: TrainingData):
-    import numpy as np
+@dataclass(frozen=True)
+class TrainingOptions:
+    """What POST /models accepts as query parameters (validated by the API)."""
+    C: float = 1.0
+    max_iter: int = 1000
+    class_weight: str | None = None  # or "balanced"
+    fit_intercept: bool = True
+    # Fraction of rows held out for the metrics; None: 0.2 when every class
+    # has at least 5 rows, else the metrics are on the training set.
+    holdout: float | None = None
+    header: bool = False  # the first row names the columns
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | None) -> "TrainingOptions":
+        return cls(**json.loads(text)) if text else cls()
+
+
+def _new_pipeline(options: TrainingOptions):
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
@@ -28,9 +50,84 @@ def fit_pipeline(data: TrainingData):
     # The scaler is fitted here and stored with the model, so predictions are
     # scaled with the training statistics (the seed re-scaled every predict
     # batch on its own statistics, which made single-row answers meaningless).
-    pipeline = Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(max_iter=1000))])
+    return Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(
+        C=options.C, max_iter=options.max_iter, class_weight=options.class_weight,
+        fit_intercept=options.fit_intercept))])
+
+
+def fit_pipeline(data: TrainingData, options: TrainingOptions = TrainingOptions()):
+    import numpy as np
+
+    pipeline = _new_pipeline(options)
     pipeline.fit(data.features, np.asarray(data.labels))
     return pipeline
+
+
+DEFAULT_HOLDOUT = 0.2
+MIN_ROWS_PER_CLASS_FOR_HOLDOUT = 5
+
+
+def _score(model, features, labels, classes: list) -> dict:
+    from sklearn import metrics
+
+    probabilities = model.predict_proba(features)
+    predicted = model.classes_.take(probabilities.argmax(axis=1))
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        labels, predicted, labels=model.classes_, zero_division=0)
+    return {
+        "accuracy": float(metrics.accuracy_score(labels, predicted)),
+        "log_loss": float(metrics.log_loss(labels, probabilities, labels=model.classes_)),
+        "macro_f1": float(metrics.f1_score(labels, predicted, average="macro", zero_division=0)),
+        "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f),
+                       "support": int(n)}
+                      for c, p, r, f, n in zip(classes, precision, recall, f1, support)],
+        "confusion_matrix": {"labels": classes, "rows_are": "true class",
+                             "matrix": metrics.confusion_matrix(
+                                 labels, predicted, labels=model.classes_).tolist()},
+    }
+
+
+def train_and_evaluate(data: TrainingData, options: TrainingOptions):
+    """Scores the model on a stratified holdout (or, when the data is too small
+    for one, on the training set, and says so), then fits the final model on
+    every row. A ConvergenceWarning becomes "converged": false."""
+    import warnings
+
+    import numpy as np
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.model_selection import train_test_split
+
+    started = time.perf_counter()
+    labels = np.asarray(data.labels)
+    smallest = min(Counter(data.labels).values())
+    holdout = options.holdout
+    if holdout is None:
+        holdout = DEFAULT_HOLDOUT if smallest >= MIN_ROWS_PER_CLASS_FOR_HOLDOUT else 0.0
+    evaluation: dict = {"evaluated_on": "training set"}
+    if holdout > 0:
+        test_rows = int(np.ceil(holdout * data.n_rows))
+        if smallest >= 2 and len(data.classes) <= test_rows <= data.n_rows - len(data.classes):
+            train_x, test_x, train_y, test_y = train_test_split(
+                data.features, labels, test_size=test_rows, stratify=labels, random_state=0)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                held_out = _new_pipeline(options).fit(train_x, train_y)
+            evaluation = {"evaluated_on": "holdout", "holdout_rows": test_rows,
+                          **_score(held_out, test_x, test_y, data.classes)}
+        else:
+            evaluation["holdout_skipped"] = (
+                f"a stratified holdout of {holdout:g} needs every class in both parts; "
+                f"the smallest class has {smallest} rows")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", ConvergenceWarning)
+        pipeline = fit_pipeline(data, options)
+    if evaluation["evaluated_on"] == "training set":
+        evaluation.update(_score(pipeline, data.features, labels, data.classes))
+    evaluation.update(
+        training_seconds=round(time.perf_counter() - started, 3),
+        iterations=int(np.max(pipeline[-1].n_iter_)),
+        converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
+    return pipeline, evaluation
 
 
 # Serving arrays up to this size also ride in the status item (DynamoDB items
@@ -80,8 +177,9 @@ class Trainer:
         log("training.started", receive_count=receive_count, **ids)
         started = time.perf_counter()
         try:
-            data = parse_training(self._store.get_dataset(message.dataset_key))
-            pipeline = fit_pipeline(data)
+            options = TrainingOptions.from_json(record.options)
+            data = parse_training(self._store.get_dataset(message.dataset_key), options.header)
+            pipeline, metrics = train_and_evaluate(data, options)
             # Both artifacts before READY: a reader never sees a ready model without them.
             self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
                                      pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
@@ -89,7 +187,8 @@ class Trainer:
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
             embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)
-            marked = self._registry.mark_ready(message.model_id, data.classes, owner, embedded)
+            marked = self._registry.mark_ready(message.model_id, data.classes, owner, embedded,
+                                               metrics)
         except (CsvError, ValueError) as error:
             self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)

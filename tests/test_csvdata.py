@@ -35,7 +35,7 @@ def test_bom_crlf_quotes_and_blank_lines_are_accepted():
     (b"\n \n", "the body is empty"),
     (b"1,2,a\n3,4,b\n5,6\n", "row 3 has 2 values, expected 3"),
     (b"1,a\n", "all 1 rows have the label 'a'; training needs at least 2 classes"),
-    (b"1,x,a\n2,3,b\n", "row 1, column 2: 'x' is not a number (the CSV must not have a header row)"),
+    (b"1,x,a\n2,3,b\n", "row 1, column 2: 'x' is not a number (a header row? send ?header=true)"),
     (b"1,2,a\n2,x,b\n", "row 2, column 2: 'x' is not a number"),
     (b"1,2,a\n2,,b\n", "row 2, column 2: the value is missing"),
     (b"1,2,a\n2,nan,b\n", "row 2, column 2: 'nan' is not a finite number"),

@@ -343,7 +343,8 @@ def test_training_iris_answers_201_then_ready_with_its_facts(stack, iris):
     assert re.fullmatch(r"[A-Za-z0-9_-]{1,64}", created["model_id"])
     assert created["task_id"]
 
-    assert iris.status == {
+    facts = {k: v for k, v in iris.status.items() if k not in ("options", "metrics")}
+    assert facts == {
         "status": READY,
         "model_id": created["model_id"],
         "task_id": created["task_id"],
@@ -352,6 +353,10 @@ def test_training_iris_answers_201_then_ready_with_its_facts(stack, iris):
         "n_features": 4,
         "classes": ["setosa", "versicolor", "virginica"],
     }
+    metrics = iris.status["metrics"]  # a 20% stratified holdout: 30 rows
+    assert (metrics["evaluated_on"], metrics["holdout_rows"]) == ("holdout", 30)
+    assert metrics["accuracy"] > 0.85 and metrics["converged"] is True
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == 30
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ", iris.status["created_at"])
     # GET answers like POST.
     answer = _status(stack, iris.model_id, method="GET")
@@ -433,7 +438,7 @@ def test_integer_labels_come_back_as_json_integers(stack):
                  id="non-numeric"),
     pytest.param("text/csv", b"width,height,label\n1,2,a\n3,4,b\n",
                  "row 1, column 1: 'width' is not a number "
-                 "(the CSV must not have a header row)", id="header-row"),
+                 "(a header row? send ?header=true)", id="header-row"),
     pytest.param("text/csv", b"1,2,a\n3,nan,b\n", "row 2, column 2: 'nan' is not a finite number",
                  id="nan"),
     pytest.param("text/csv", b"1,2,a\n3,4,a\n5,6,a\n",
@@ -483,8 +488,8 @@ def test_predicting_without_csv_is_415(stack, iris, content_type):
                  "row 2 has 3 values, but the model expects 4 features "
                  "(send the features only, no label)", id="short-row"),
     pytest.param(b"6.9,x,5.1,2.3\n",
-                 "row 1, column 2: 'x' is not a number (the CSV must not have a header row)",
-                 id="non-numeric"),
+                 "row 1, column 2: 'x' is not a number (send feature rows only, without a "
+                 "header row)", id="non-numeric"),
     pytest.param(b"", "the body is empty", id="empty"),
 ])
 def test_predicting_on_bad_rows_is_415_naming_the_problem(stack, iris, body, detail):

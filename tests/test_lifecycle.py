@@ -121,7 +121,8 @@ def test_models_expire_after_ttl_hours_even_before_dynamodb_sweeps_them(client, 
     ("?ttl_hours=0", "ttl_hours must be a number from 0.0166667 to 8760, not '0'"),
     ("?ttl_hours=soon", "ttl_hours must be a number from 0.0166667 to 8760, not 'soon'"),
     ("?ttl_hours=nan", "ttl_hours must be a number from 0.0166667 to 8760, not 'nan'"),
-    ("?C=1", "unknown query parameter 'C'; this route takes ttl_hours"),
+    ("?colour=red", "unknown query parameter 'colour'; this route takes ttl_hours, C, max_iter, "
+                    "class_weight, fit_intercept, holdout, header"),
 ])
 def test_bad_training_parameters_are_400_and_store_nothing(client, aws, query, message):
     answer = client.http.post(f"/models{query}", headers=CSV, body=IRIS)

@@ -188,9 +188,9 @@ def test_two_deliveries_at_once_train_once(aws, monkeypatch):
             both_read.wait(timeout=10)
         return record
 
-    def counting_fit(data):
+    def counting_fit(*args, **kwargs):
         fits.append(1)
-        return real_fit(data)
+        return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(components.registry(), "get", get_then_wait)
     monkeypatch.setattr(training, "fit_pipeline", counting_fit)
