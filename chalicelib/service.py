@@ -165,5 +165,7 @@ class ModelService:
                 raise
             embedded = None if record.serving is None else (record.serving, record.serving_hmac)
             model = self._predictor.load(model_id, embedded)
-        parse = parse_instances if as_json else parse_features
-        return model.predict(parse(body, model.n_features))
+        if as_json:
+            names = None if model.feature_names is None else model.feature_names.tolist()
+            return model.predict(parse_instances(body, model.n_features, names))
+        return model.predict(parse_features(body, model.n_features))

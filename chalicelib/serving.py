@@ -32,28 +32,32 @@ class ServingModel:
     scale: np.ndarray      # (n_features,)
     coef: np.ndarray       # (1 or n_classes, n_features)
     intercept: np.ndarray  # (1 or n_classes,)
+    feature_names: np.ndarray | None = None  # from the training CSV's header, if it had one
 
     @property
     def n_features(self) -> int:
         return self.mean.shape[0]
 
     @classmethod
-    def from_pipeline(cls, pipeline) -> "ServingModel":
+    def from_pipeline(cls, pipeline, feature_names: list[str] | None = None) -> "ServingModel":
         scaler, classifier = pipeline[0], pipeline[-1]
         return cls(classes=classifier.classes_, mean=scaler.mean_, scale=scaler.scale_,
-                   coef=classifier.coef_, intercept=classifier.intercept_)
+                   coef=classifier.coef_, intercept=classifier.intercept_,
+                   feature_names=None if feature_names is None else np.array(feature_names))
 
     def to_bytes(self) -> bytes:
+        arrays = {"classes": self.classes, "mean": self.mean, "scale": self.scale,
+                  "coef": self.coef, "intercept": self.intercept}
+        if self.feature_names is not None:
+            arrays["feature_names"] = self.feature_names
         buffer = io.BytesIO()
-        np.savez(buffer, classes=self.classes, mean=self.mean, scale=self.scale,
-                 coef=self.coef, intercept=self.intercept)
+        np.savez(buffer, **arrays)
         return buffer.getvalue()
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> "ServingModel":
         with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
-            return cls(**{name: arrays[name] for name in
-                          ("classes", "mean", "scale", "coef", "intercept")})
+            return cls(**{name: arrays[name] for name in arrays.files})
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """The same arithmetic, in the same order, as scikit-learn's predict_proba."""

@@ -183,7 +183,7 @@ class Trainer:
             # Both artifacts before READY: a reader never sees a ready model without them.
             self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
                                      pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
-            serving = ServingModel.from_pipeline(pipeline).to_bytes()
+            serving = ServingModel.from_pipeline(pipeline, data.feature_names).to_bytes()
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
             embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)

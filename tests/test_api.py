@@ -179,8 +179,8 @@ def test_predict_accepts_json_instances_with_the_same_answer_as_csv(client):
     (b'{"instances": [[1, 2, 3, true]]}', "instance 1, value 4: True is not a number"),
     (b'{"instances": [1]}', "instance 1 is not a list of numbers"),
     (b'{"records": [{"a": 1}]}', "records (rows by feature name) need a model trained with "
-                                 'feature names, and this model has none; send {"instances": '
-                                 "[[feature, ...], ...]}"),
+                                 "a header row (?header=true), and this model has none; send "
+                                 '{"instances": [[feature, ...], ...]}'),
 ])
 def test_bad_json_instances_are_415_with_the_reason(client, body, reason):
     model_id = _train(client)["model_id"]

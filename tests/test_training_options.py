@@ -138,3 +138,20 @@ def test_bad_training_options_are_400_naming_the_parameter(client, aws, query, m
     answer = client.http.post(f"/models{query}", headers=CSV, body=IRIS)
     assert (answer.status_code, answer.body.decode()) == (400, message)
     assert queue_messages(aws, components.settings().queue) == []
+
+
+def test_json_records_by_feature_name(client, aws):
+    model_id, _ = _train(client, aws, "?header=true", body=HEADER + IRIS)
+    json_headers = {"Content-Type": "application/json"}
+    records = (b'{"records": [{"petal_width": 2.3, "sepal_length": 6.9, "sepal_width": 3.1, '
+               b'"petal_length": 5.1}]}')
+    by_name = client.http.post(f"/models/{model_id}", headers=json_headers, body=records)
+    as_csv = client.http.post(f"/models/{model_id}", headers=CSV, body=b"6.9,3.1,5.1,2.3")
+    assert by_name.status_code == 202 and by_name.json_body == as_csv.json_body
+    wrong = client.http.post(f"/models/{model_id}", headers=json_headers,
+                             body=b'{"records": [{"sepal_length": 1, "sepal_width": 2, '
+                                  b'"petal_length": 3, "petal_wdith": 4}]}')
+    assert wrong.status_code == 415
+    assert wrong.body.decode().split("\n")[1] == (
+        "record 1 lacks petal_width and has unknown names petal_wdith (the model's features: "
+        "sepal_length, sepal_width, petal_length, petal_width)")
