@@ -2,7 +2,7 @@
 
 Sets up moto's server and an iris model first.
 
-    python -m bench [--quick] [--only cold,warm,bulk,http,load] [--output PATH]
+    python -m bench [--quick] [--only cold,warm,bulk,http,load,memory] [--output PATH]
 
 Exits 0 when every benchmark ran (whether or not it met its target), 1 when
 one could not be measured (its row says ERROR and why). Logs of the processes
@@ -24,7 +24,7 @@ from pathlib import Path
 from bench.report import Row, Target, render_report
 from bench.stack import REPO, Processes, progress
 
-BENCHMARKS = ("cold", "warm", "bulk", "http", "load")
+BENCHMARKS = ("cold", "warm", "bulk", "http", "load", "memory")
 
 METHOD = """\
 Setup: moto's server on a free 127.0.0.1 port (`devstack.emulator.start_moto`), the dev
@@ -65,6 +65,10 @@ test credentials, us-east-1 and the dev stage's variables.
   Any transport error or unexpected status counts as an error (there must be
   none), and every model must reach "Ready to Use" (polled after the last
   request, bounded at 300 s).
+- **Trainer memory**: a fresh process generates a 100 MB CSV (3,000,000 rows
+  x 4) as the bytes the trainer reads from S3, then parses, validates and
+  trains it as the trainer does (holdout fit, final fit); its peak RSS, next
+  to the same process stopping once it holds the body.
 """
 
 
@@ -149,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[Row] = []
 
-    from bench import coldstart, httpload, inprocess, load, stack
+    from bench import coldstart, httpload, inprocess, load, memory, stack
 
     with Processes(log_dir) as processes:
         try:
@@ -177,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
                 endpoint, model_id, processes, rounds=1 if quick else 3,
                 seconds=2.0 if quick else 4.0)),
             "load": ("Load test", "req/s", lambda: load.run(endpoint, model_id, processes)),
+            "memory": ("Trainer memory", "MB", lambda: memory.run(
+                rows=300_000 if quick else 3_000_000)),
         }
         for name in BENCHMARKS:
             if name not in selected:

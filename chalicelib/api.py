@@ -186,14 +186,15 @@ def create_model(content_type: str | None, body: bytes, query: dict | None = Non
         ttl_hours, options = _training_request(query)
     except InvalidRequest as error:
         return _text(400, str(error))
+    if _media_type(content_type) == "application/json":
+        return _create_from_upload(body, ttl_hours, options)
     if not _is_csv(content_type):
         return _text(415, TRAINING_CSV_REQUIRED)
     try:
         submission = components.service().submit(body, ttl_hours, options)
     except CsvError as error:
         return _text(415, f"{TRAINING_CSV_REQUIRED}\n{error}")
-    return _json(201, {"message": TRAINING_STARTED, "model_id": submission.model_id,
-                       "task_id": submission.task_id})
+    return _created(submission)
 
 
 @_unavailable_on_aws_failure
@@ -245,6 +246,34 @@ def _predictions(answer: dict) -> Response:
                           f"Lambda's 6 MB response limit; send at most {fitting} rows per request.")
     return Response(body=body.decode(), status_code=202,
                     headers={"Content-Type": "application/json"})
+
+
+def _created(submission) -> Response:
+    return _json(201, {"message": TRAINING_STARTED, "model_id": submission.model_id,
+                       "task_id": submission.task_id})
+
+
+def _create_from_upload(body: bytes, ttl_hours, options) -> Response:
+    """POST /models with {"upload_id": ...}: train on what was PUT to /uploads' URL."""
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        document = None
+    if not isinstance(document, dict) or set(document) != {"upload_id"} \
+            or not isinstance(document["upload_id"], str):
+        return _text(415, f"{TRAINING_CSV_REQUIRED}\nA JSON body must be "
+                          '{"upload_id": "..."} from POST /uploads.')
+    try:
+        submission = components.service().submit_upload(document["upload_id"], ttl_hours,
+                                                         options)
+    except InvalidRequest as error:
+        return _text(400, str(error))
+    return _created(submission)
+
+
+@_unavailable_on_aws_failure
+def new_upload() -> Response:
+    return _json(201, components.service().new_upload())
 
 
 @_unavailable_on_aws_failure

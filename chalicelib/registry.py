@@ -49,8 +49,8 @@ class ModelRecord:
     task_id: str
     status: Status
     created_at: str
-    n_rows: int
-    n_features: int
+    n_rows: int | None  # None until the trainer has read an uploaded dataset
+    n_features: int | None
     dataset_key: str
     classes: list | None = None
     error: str | None = None
@@ -104,15 +104,20 @@ def _conditional_failed(error: ClientError) -> bool:
 LISTING = "model"  # the by_created index's one partition: every model
 
 
+MAX_TOKEN_LENGTH = 2048
+
+
 def _encode_token(key: dict) -> str:
     return base64.urlsafe_b64encode(json.dumps(key, separators=(",", ":")).encode()).decode()
 
 
 def _decode_token(token: str) -> dict:
     """The index key a page token stands for; InvalidPageToken if it is not one."""
+    if len(token) > MAX_TOKEN_LENGTH:  # ours are a few hundred characters
+        raise InvalidPageToken(token[:40])
     try:
         key = json.loads(base64.urlsafe_b64decode(token.encode()))
-    except (ValueError, UnicodeError):
+    except (ValueError, UnicodeError, RecursionError):
         raise InvalidPageToken(token) from None
     if not (isinstance(key, dict) and set(key) == {"listing", "created_seq", "model_id"}
             and all(isinstance(v, dict) and set(v) == {"S"} and isinstance(v["S"], str)
@@ -160,15 +165,14 @@ class ModelRegistry:
             "status": str(record.status),
             "created_at": record.created_at,
             "updated_at": record.created_at,
-            "n_rows": record.n_rows,
-            "n_features": record.n_features,
             "dataset_key": record.dataset_key,
             # The by_created index lists models newest first.
             "listing": LISTING,
             "created_seq": f"{record.created_at}#{record.model_id}",
         }
-        if record.expires_at is not None:
-            item["expires_at"] = record.expires_at
+        for name in ("n_rows", "n_features", "expires_at"):
+            if getattr(record, name) is not None:
+                item[name] = getattr(record, name)
         if record.options is not None:
             item["options"] = record.options
         if record.feature_names is not None:
@@ -213,8 +217,8 @@ class ModelRegistry:
             status=status,
             created_at=item["created_at"],
             updated_at=item.get("updated_at"),
-            n_rows=item["n_rows"],
-            n_features=item["n_features"],
+            n_rows=item.get("n_rows"),
+            n_features=item.get("n_features"),
             dataset_key=item["dataset_key"],
             classes=json.loads(item["classes"]) if "classes" in item else None,
             error=error,
@@ -303,10 +307,18 @@ class ModelRegistry:
                                 lease_expires=0)
 
     def mark_ready(self, model_id: str, classes: list, owner: str,
-                   serving: tuple[bytes, str] | None = None, metrics: dict | None = None) -> bool:
+                   serving: tuple[bytes, str] | None = None, metrics: dict | None = None,
+                   shape: tuple[int, int] | None = None,
+                   feature_names: list[str] | None = None) -> bool:
+        """Ready, with what training learnt: the classes, the serving arrays
+        (when small enough), the metrics and, for uploads, the data's shape."""
         extra = {} if serving is None else {"serving": serving[0], "serving_hmac": serving[1]}
         if metrics is not None:
             extra["metrics"] = json.dumps(metrics)
+        if shape is not None:
+            extra["n_rows"], extra["n_features"] = shape
+        if feature_names is not None:
+            extra["feature_names"] = json.dumps(feature_names)
         return self._transition(model_id, self._HELD, Status.READY, self._held_by(owner),
                                 classes=json.dumps(classes), **extra)
 

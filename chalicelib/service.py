@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import importlib.metadata
 import logging
+import re
 import secrets
 import time
 import uuid
@@ -16,7 +17,8 @@ from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
                                  Status, now_iso)
 from chalicelib.serving import Predictor
-from chalicelib.storage import PIPELINE_ARTIFACT, ArtifactStore, artifact_key
+from chalicelib.storage import (PIPELINE_ARTIFACT, ArtifactStore, artifact_key, dataset_key,
+                                upload_key)
 from chalicelib.training import TrainingOptions
 
 
@@ -37,6 +39,7 @@ class InvalidRequest(ValueError):
 
 
 MAX_TTL_HOURS = 24 * 365
+_UPLOAD_ID = re.compile(r"upload_[0-9a-f]{24}")
 
 
 @dataclass(frozen=True)
@@ -74,28 +77,55 @@ class ModelService:
                              n_features=data.n_features, dataset_key=key,
                              expires_at=expires_at, options=options.to_json(),
                              feature_names=data.feature_names)
-        try:
-            if not self._registry.create(record):
-                raise RuntimeError(f"model id {model_id} is already taken")
-            self._queue.send(TrainingMessage(model_id, key, task_id))
-        except Exception:
-            self._undo_submission(model_id)
-            raise
-        try:
-            self._registry.mark_queued(model_id)
-        except Exception as error:
-            # The message is on its way; the trainer moves the status along.
-            log("submit.mark_queued_failed", level=logging.WARNING, model_id=model_id,
-                task_id=task_id, error=str(error))
+        self._register_and_enqueue(record)
         log("submit.queued", model_id=model_id, task_id=task_id, n_rows=data.n_rows)
         return Submission(model_id, task_id)
 
-    def _undo_submission(self, model_id: str) -> None:
+    def new_upload(self, expires_in: int = 3600) -> dict:
+        """Where to PUT a dataset too large to post; train it with submit_upload."""
+        upload_id = "upload_" + secrets.token_hex(12)
+        return {"upload_id": upload_id, "method": "PUT",
+                "url": self._store.upload_url(upload_id, expires_in),
+                "headers": {"Content-Type": "text/csv"}, "expires_in": expires_in}
+
+    def submit_upload(self, upload_id: str, ttl_hours: float | None = None,
+                      options: TrainingOptions = TrainingOptions()) -> Submission:
+        """Trains on an uploaded dataset. It is read and checked by the trainer
+        (it may be far larger than a request): problems end in "Training Failed"."""
+        if not _UPLOAD_ID.fullmatch(upload_id):
+            raise InvalidRequest("upload_id is not one POST /uploads handed out")
+        model_id, task_id = new_model_id(), str(uuid.uuid4())
+        expires_at = None if ttl_hours is None else int(time.time() + ttl_hours * 3600)
+        self._register_and_enqueue(ModelRecord(
+            model_id=model_id, task_id=task_id, status=Status.SUBMITTING, created_at=now_iso(),
+            n_rows=None, n_features=None, dataset_key=upload_key(upload_id),
+            expires_at=expires_at, options=options.to_json()))
+        log("submit.queued", model_id=model_id, task_id=task_id, upload_id=upload_id)
+        return Submission(model_id, task_id)
+
+    def _register_and_enqueue(self, record: ModelRecord) -> None:
+        try:
+            if not self._registry.create(record):
+                raise RuntimeError(f"model id {record.model_id} is already taken")
+            self._queue.send(TrainingMessage(record.model_id, record.dataset_key, record.task_id))
+        except Exception:
+            self._undo_submission(record)
+            raise
+        try:
+            self._registry.mark_queued(record.model_id)
+        except Exception as error:
+            # The message is on its way; the trainer moves the status along.
+            log("submit.mark_queued_failed", level=logging.WARNING, model_id=record.model_id,
+                task_id=record.task_id, error=str(error))
+
+    def _undo_submission(self, record: ModelRecord) -> None:
         # Best effort: an item left behind stays SUBMITTING, which clients never see.
+        # An upload stays: the client may submit it again.
         with contextlib.suppress(Exception):
-            self._registry.delete(model_id)
-        with contextlib.suppress(Exception):
-            self._store.delete_dataset(model_id)
+            self._registry.delete(record.model_id)
+        if record.dataset_key == dataset_key(record.model_id):
+            with contextlib.suppress(Exception):
+                self._store.delete_dataset(record.dataset_key)
 
     def page(self, limit: int = 20, token: str | None = None,
              status: str | None = None) -> dict:
@@ -121,7 +151,7 @@ class ModelService:
         self._registry.mark_deleting(model_id)
         self._predictor.forget(model_id)
         self._store.delete_artifacts(model_id)
-        self._store.delete_dataset(model_id)
+        self._store.delete_dataset(record.dataset_key)
         self._registry.delete(model_id)
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 

@@ -15,6 +15,13 @@ def dataset_key(model_id: str) -> str:
     return f"datasets/{model_id}.csv"
 
 
+UPLOADS_PREFIX = "uploads/"
+
+
+def upload_key(upload_id: str) -> str:
+    return f"{UPLOADS_PREFIX}{upload_id}.csv"
+
+
 def artifact_key(model_id: str, name: str) -> str:
     return f"models/{model_id}/{name}"
 
@@ -33,8 +40,14 @@ class ArtifactStore:
     def get_dataset(self, key: str) -> bytes:
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
 
-    def delete_dataset(self, model_id: str) -> None:
-        self._s3.delete_object(Bucket=self._bucket, Key=dataset_key(model_id))
+    def delete_dataset(self, key: str) -> None:
+        self._s3.delete_object(Bucket=self._bucket, Key=key)
+
+    def upload_url(self, upload_id: str, expires_in: int) -> str:
+        """A presigned PUT for a dataset too large for API Gateway's 10 MB."""
+        return self._s3.generate_presigned_url(
+            "put_object", Params={"Bucket": self._bucket, "Key": upload_key(upload_id),
+                                  "ContentType": "text/csv"}, ExpiresIn=expires_in)
 
     def sign(self, model_id: str, name: str, blob: bytes) -> str:
         return self._signer.sign(artifact_key(model_id, name), blob)

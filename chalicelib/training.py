@@ -6,20 +6,22 @@ trainer (and unpickling a model) needs it.
 from __future__ import annotations
 
 import contextlib
-from collections import Counter
 import json
 import logging
 import pickle
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
+
+from botocore.exceptions import ClientError
 
 from chalicelib.csvdata import CsvError, TrainingData, parse_training
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage
 from chalicelib.registry import ModelRegistry, Status
 from chalicelib.serving import ServingModel
-from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, ArtifactStore
+from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, UPLOADS_PREFIX, ArtifactStore
 
 
 @dataclass(frozen=True)
@@ -148,6 +150,17 @@ class Trainer:
         self._max_receives = max_receives
         self._lease_seconds = lease_seconds
 
+    def _dataset(self, key: str) -> bytes:
+        try:
+            return self._store.get_dataset(key)
+        except ClientError as error:
+            # A missing upload is the client's doing (never PUT, or PUT too
+            # late); a missing dataset of ours is worth retrying.
+            if key.startswith(UPLOADS_PREFIX) and error.response["Error"]["Code"] == "NoSuchKey":
+                raise CsvError(f"nothing was uploaded to {key}: PUT the CSV to the upload's "
+                               "URL before its link expires, then train it") from None
+            raise
+
     def handle(self, message: TrainingMessage, receive_count: int = 1) -> str:
         """Trains the message's model; returns what happened.
 
@@ -178,7 +191,7 @@ class Trainer:
         started = time.perf_counter()
         try:
             options = TrainingOptions.from_json(record.options)
-            data = parse_training(self._store.get_dataset(message.dataset_key), options.header)
+            data = parse_training(self._dataset(message.dataset_key), options.header)
             pipeline, metrics = train_and_evaluate(data, options)
             # Both artifacts before READY: a reader never sees a ready model without them.
             self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
@@ -187,8 +200,9 @@ class Trainer:
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
             embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)
-            marked = self._registry.mark_ready(message.model_id, data.classes, owner, embedded,
-                                               metrics)
+            marked = self._registry.mark_ready(
+                message.model_id, data.classes, owner, embedded, metrics,
+                (data.n_rows, data.n_features), data.feature_names)
         except (CsvError, ValueError) as error:
             self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)

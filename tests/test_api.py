@@ -50,7 +50,7 @@ def test_training_answers_201_with_the_seed_message(client):
         "the check_task endpoint")
 
 
-@pytest.mark.parametrize("content_type", ["application/json", "text/plain", None,
+@pytest.mark.parametrize("content_type", ["application/xml", "text/plain", None,
                                           "application/octet-stream"])
 def test_training_rejects_other_content_types_with_the_seed_text(client, content_type):
     headers = {"Content-Type": content_type} if content_type else {}

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import boto3
+import numpy as np
 import pytest
 import requests
 from botocore.config import Config
@@ -427,7 +428,7 @@ def test_integer_labels_come_back_as_json_integers(stack):
 # --- 5. the seed's errors ------------------------------------------------------------
 
 @pytest.mark.parametrize("content_type, body, detail", [
-    pytest.param("application/json", b'{"data": [[1, 2, "a"]]}', None, id="json"),
+    pytest.param("application/xml", b'<data>1,2,a</data>', None, id="xml"),
     pytest.param(None, b"1,2,a\n3,4,b\n", None, id="no-content-type"),
     pytest.param("text/csv", b"1,2,a\n3,b\n", "row 2 has 2 values, expected 3", id="ragged"),
     pytest.param("text/csv; charset=utf-8", b"1,2,a\n3,4,b,c\n",
@@ -772,3 +773,26 @@ def test_artifact_download_verifies_and_predicts_in_plain_scikit_learn(stack, ir
                                served["prediction_probability"], rtol=0, atol=1e-12)
     unknown = stack.http.get(f"{stack.api}/models/{UNKNOWN_ID}/artifact", timeout=HTTP_TIMEOUT)
     assert (unknown.status_code, unknown.text) == (404, MODEL_NOT_FOUND)
+
+
+# --- a dataset over API Gateway's 10 MB -----------------------------------------------
+
+def test_a_100_mb_csv_trains_through_a_presigned_upload(stack):
+    rng = np.random.default_rng(5)
+    rows = 3_000_000
+    labels = rng.integers(0, 3, rows)
+    features = rng.normal(0, 1, (rows, 4)) + labels[:, None]
+    text = "\n".join(f"{a:.5f},{b:.5f},{c:.5f},{d:.5f},{k}" for (a, b, c, d), k
+                     in zip(features.tolist(), labels.tolist())) + "\n"
+    body = text.encode()
+    assert len(body) > 100_000_000, len(body)  # 100 MB
+    upload = stack.http.post(f"{stack.api}/uploads", timeout=HTTP_TIMEOUT).json()
+    put = requests.put(upload["url"], data=body, headers=upload["headers"], timeout=120)
+    assert put.status_code == 200, put.text
+    created = stack.http.post(f"{stack.api}/models", json={"upload_id": upload["upload_id"]},
+                              timeout=HTTP_TIMEOUT)
+    assert created.status_code == 201, created.text
+    status = _wait_for_training(stack, created.json()["model_id"], timeout=240)
+    assert status["status"] == READY, status
+    assert (status["n_rows"], status["n_features"], status["classes"]) == (rows, 4, [0, 1, 2])
+    assert status["metrics"]["accuracy"] > 0.6

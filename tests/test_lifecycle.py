@@ -55,6 +55,7 @@ def test_listing_is_newest_first_paginated_and_filtered(client, aws):
     ("?status=done", "status must be one of training, ready, failed, not 'done'"),
     ("?next=bm9wZQ", "next is not a token this service handed out; start again without it"),
     ("?next=%7B%7D", "next is not a token this service handed out; start again without it"),
+    ("?next=" + "W" * 3000, "next is not a token this service handed out; start again without it"),
     ("?colour=red", "unknown query parameter 'colour'; this route takes limit, status, next"),
 ])
 def test_bad_listing_parameters_are_400(client, query, message):

@@ -119,7 +119,7 @@ def test_data_error_in_trainer_marks_failed_and_predict_says_why(aws):
 
 def test_transient_error_is_retried_then_marked_failed_on_the_last_receive(aws):
     message = _queued_record(aws, b"1,a\n2,b\n")
-    components.store().delete_dataset(message.model_id)  # reading it now fails
+    components.store().delete_dataset(message.dataset_key)  # reading it now fails
     with pytest.raises(ClientError):
         components.trainer().handle(message, receive_count=1)
     assert components.registry().get(message.model_id).status == Status.TRAINING
