@@ -5,7 +5,7 @@ chalicelib.
 """
 from chalice import Chalice
 
-from chalicelib import api, components
+from chalicelib import api, components, openapi
 from chalicelib.config import (API_GATEWAY_AUTHORIZER, TRAINER_MAX_CONCURRENCY,
                                TRAINING_QUEUE_NAME)
 from chalicelib.queue import TrainingMessage
@@ -44,6 +44,11 @@ def create_model():
     return api.create_model(_content_type(), _body(), app.current_request.query_params)
 
 
+@app.route("/uploads", methods=["POST"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
+def new_upload():
+    return api.new_upload()
+
+
 @app.route("/models", methods=["GET"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def list_models():
     return api.list_models(app.current_request.query_params)
@@ -72,6 +77,11 @@ def model_artifact(model_id):
            content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def check_model_status(model_id):
     return api.model_status(model_id)
+
+
+@app.route("/openapi.json", methods=["GET"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
+def openapi_document():
+    return openapi.response()
 
 
 @app.on_sqs_message(queue=TRAINING_QUEUE_NAME, batch_size=1,

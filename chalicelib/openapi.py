@@ -1,0 +1,435 @@
+"""GET /openapi.json: the API described in OpenAPI 3.1, written by hand as data.
+
+Nothing here is derived from the handlers: the document says what clients may
+rely on. tests/test_openapi.py checks it with openapi-spec-validator and
+against the routes Chalice knows; tests/test_schemathesis.py checks what the
+running stack answers against it.
+
+Response schemas are strict (no extra properties) where the app's answer is
+fixed, and open where it is a set of facts that grows (status facts, the
+artifact's description). This module imports nothing from the rest of the
+app, so the document can be served even where another module fails to load.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from chalice import Response
+
+OPENAPI_VERSION = "3.1.0"
+
+_MODEL_ID_SHAPE = "^[A-Za-z0-9_-]{1,64}$"
+_UPLOAD_ID_SHAPE = "^upload_[0-9a-f]{24}$"
+_ISO_SECOND = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+
+
+def _text(description: str, **extra: Any) -> dict:
+    return {"description": description,
+            "content": {"text/plain": {"schema": {"type": "string"}}}, **extra}
+
+
+def _json(description: str, schema: dict) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _ref(kind: str, name: str) -> dict:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _schema(name: str) -> dict:
+    return _ref("schemas", name)
+
+
+def _response(name: str) -> dict:
+    return _ref("responses", name)
+
+
+# Every route may answer these: the API key check (when it is on) runs before
+# any handler, and AWS trouble anywhere becomes a 503.
+_EVERY_ROUTE = {"401": _response("MissingApiKey"), "403": _response("WrongApiKey"),
+                "503": _response("Unavailable")}
+
+_TRAINING_CSV = ("5.1,3.5,1.4,0.2,setosa\n4.9,3.0,1.4,0.2,setosa\n"
+                 "7.0,3.2,4.7,1.4,versicolor\n6.4,3.2,4.5,1.5,versicolor\n")
+
+_SCHEMAS: dict[str, dict] = {
+    "Label": {
+        "description": "A class label, with the type it had in the training CSV "
+                       "(\"setosa\", 1, 2.5).",
+        "type": ["string", "number"],
+    },
+    "TrainingStarted": {
+        "type": "object",
+        "required": ["message", "model_id", "task_id"],
+        "additionalProperties": False,
+        "properties": {
+            "message": {"type": "string"},
+            "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
+            "task_id": {"type": "string", "format": "uuid"},
+        },
+    },
+    "ModelStatus": {
+        "description": "A model's status facts. More facts may be added; clients "
+                       "should ignore the ones they do not know.",
+        "type": "object",
+        "required": ["status", "model_id", "task_id", "created_at", "n_rows", "n_features"],
+        "additionalProperties": True,
+        "properties": {
+            "status": {"type": "string",
+                       "enum": ["Model is Training", "Ready to Use", "Training Failed"]},
+            "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
+            "task_id": {"type": "string"},
+            "created_at": {"type": "string", "format": "date-time", "pattern": _ISO_SECOND},
+            "n_rows": {"type": ["integer", "null"], "minimum": 1,
+                       "description": "null until the trainer has read an uploaded dataset."},
+            "n_features": {"type": ["integer", "null"], "minimum": 1},
+            "classes": {"type": "array", "items": _schema("Label"),
+                        "description": "Once the model is ready, in the order of "
+                                       "prediction_probability's columns."},
+            "error": {"type": "string", "description": "Why training failed."},
+            "expires_at": {"type": "string", "format": "date-time", "pattern": _ISO_SECOND,
+                           "description": "From then on every route answers 404 for the "
+                                          "model (POST /models?ttl_hours=N)."},
+            "options": {"type": "object", "additionalProperties": True,
+                        "description": "The training options the model was trained with."},
+            "feature_names": {"type": "array", "items": {"type": "string"},
+                              "description": "From the CSV's header row (header=true)."},
+            "metrics": {"type": "object", "additionalProperties": True,
+                        "description": "How well the model did, once it is ready."},
+        },
+    },
+    "ModelPage": {
+        "type": "object",
+        "required": ["models", "next"],
+        "additionalProperties": False,
+        "properties": {
+            "models": {"type": "array", "items": _schema("ModelStatus"),
+                       "description": "Newest first."},
+            "next": {"type": ["string", "null"],
+                     "description": "The next page's token; null after the last page."},
+        },
+    },
+    "Predictions": {
+        "type": "object",
+        "required": ["predictions", "prediction_probability"],
+        "additionalProperties": False,
+        "properties": {
+            "predictions": {"type": "array", "items": _schema("Label"),
+                            "description": "One label per row, in order."},
+            "prediction_probability": {
+                "type": "array",
+                "description": "One row per row sent, one column per class (in the order "
+                               "of the status' classes).",
+                "items": {"type": "array", "minItems": 2,
+                          "items": {"type": "number", "minimum": 0, "maximum": 1}},
+            },
+        },
+    },
+    "ModelTraining": {
+        "type": "object",
+        "required": ["status"],
+        "additionalProperties": False,
+        "properties": {"status": {"const": "Model is Training"}},
+    },
+    "TrainingFailed": {
+        "type": "object",
+        "required": ["status", "error"],
+        "additionalProperties": False,
+        "properties": {"status": {"const": "Training Failed"}, "error": {"type": "string"}},
+    },
+    "Artifact": {
+        "description": "Where to download the fitted scikit-learn pipeline.",
+        "type": "object",
+        "required": ["model_id", "url", "expires_in", "scikit_learn_version", "classes"],
+        "additionalProperties": True,
+        "properties": {
+            "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
+            "url": {"type": "string", "format": "uri",
+                    "description": "A presigned S3 URL to the pickled pipeline."},
+            "expires_in": {"type": "integer", "minimum": 1,
+                           "description": "Seconds the URL stays valid."},
+            "format": {"type": "string"},
+            "scikit_learn_version": {"type": "string",
+                                     "description": "Unpickle with this version."},
+            "signature": {"type": "string",
+                          "description": "How to check the download's HMAC-SHA256 "
+                                         "(x-amz-meta-hmac-sha256 header)."},
+            "classes": {"type": "array", "items": _schema("Label")},
+        },
+    },
+    "Upload": {
+        "description": "Where to PUT a dataset too large to post (over 10 MB); then "
+                     "POST /models with {\"upload_id\": ...} trains it.",
+        "type": "object",
+        "required": ["upload_id", "method", "url", "headers", "expires_in"],
+        "additionalProperties": False,
+        "properties": {
+            "upload_id": {"type": "string", "pattern": _UPLOAD_ID_SHAPE},
+            "method": {"const": "PUT"},
+            "url": {"type": "string", "format": "uri", "description": "A presigned S3 URL."},
+            "headers": {"type": "object", "additionalProperties": {"type": "string"},
+                        "description": "Headers the PUT must send (Content-Type: text/csv)."},
+            "expires_in": {"type": "integer", "minimum": 1,
+                           "description": "Seconds the URL stays valid."},
+        },
+    },
+    "UploadReference": {
+        "type": "object",
+        "required": ["upload_id"],
+        "additionalProperties": False,
+        "properties": {"upload_id": {"type": "string", "pattern": _UPLOAD_ID_SHAPE}},
+    },
+    "Instances": {
+        "type": "object",
+        "required": ["instances"],
+        "properties": {
+            "instances": {
+                "type": "array", "minItems": 1,
+                "description": "Feature rows, each with as many numbers as the model "
+                               "has features.",
+                "items": {"type": "array", "minItems": 1, "items": {"type": "number"}},
+            },
+        },
+    },
+    "Records": {
+        "description": "For a model trained with header=true: rows by feature name, "
+                       "each with exactly the model's feature_names.",
+        "type": "object",
+        "required": ["records"],
+        "properties": {
+            "records": {
+                "type": "array", "minItems": 1,
+                "items": {"type": "object", "additionalProperties": {"type": "number"}},
+            },
+        },
+    },
+}
+
+_RESPONSES: dict[str, dict] = {
+    "NotFound": _text("The model id you supplied either doesn't exist or the model_id "
+                      "provided is wrong. (Also for ids outside [A-Za-z0-9_-]{1,64}, for "
+                      "expired and for deleted models.)"),
+    "BadParameter": _text("Names the bad or unknown query parameter, or the bad token."),
+    "TooLarge": _text("The request body (training 10 MB, prediction 6 MB) or the answer "
+                      "(6 MB; it says how many rows fit) is too large."),
+    "MissingApiKey": _text("No X-Api-Key header, while API keys are required."),
+    "WrongApiKey": _text("An X-Api-Key that is not one of the accepted keys."),
+    "Unavailable": _text(
+        "S3, DynamoDB or SQS cannot be reached, or the service is misconfigured.",
+        headers={"Retry-After": {"description": "Seconds to wait before retrying.",
+                                 "required": True,
+                                 "schema": {"type": "integer", "minimum": 1}}}),
+}
+
+_MODEL_ID_PARAMETER = {
+    "name": "model_id", "in": "path", "required": True,
+    "description": "A model id as POST /models handed it out. Ids outside "
+                   "[A-Za-z0-9_-]{1,64} are answered like unknown ones (404).",
+    "schema": {"type": "string"},
+}
+
+
+def _query(name: str, schema: dict, description: str) -> dict:
+    return {"name": name, "in": "query", "required": False, "schema": schema,
+            "description": description}
+
+
+_TRAINING_PARAMETERS = [
+    _query("ttl_hours", {"type": "number", "minimum": 1 / 60, "maximum": 24 * 365},
+           "The model expires this many hours after submission (1 minute to 1 year)."),
+    _query("C", {"type": "number", "minimum": 1e-6, "maximum": 1e6},
+           "Inverse regularization strength of the logistic regression."),
+    _query("max_iter", {"type": "integer", "minimum": 1, "maximum": 100000},
+           "Iterations the solver may take."),
+    _query("class_weight", {"type": "string", "enum": ["balanced"]},
+           "Weight classes inversely to their frequency; unweighted without it."),
+    _query("fit_intercept", {"type": "boolean"}, "Fit an intercept (default true)."),
+    _query("holdout", {"type": "number", "minimum": 0, "maximum": 0.5},
+           "Share of the rows held out to measure the model (its metrics)."),
+    _query("header", {"type": "boolean"},
+           "The CSV's first row names the columns (default false)."),
+]
+
+_PREDICT_BODY = {
+    "required": True,
+    "description": "Feature rows (no label), as CSV (no header row) or as JSON.",
+    "content": {
+        "text/csv": {"schema": {"type": "string"}, "example": "6.9,3.1,5.1,2.3\n"},
+        "application/json": {"schema": {"anyOf": [_schema("Instances"), _schema("Records")]},
+                             "example": {"instances": [[6.9, 3.1, 5.1, 2.3]]}},
+    },
+}
+
+
+def _predict(operation_id: str, summary: str) -> dict:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "requestBody": _PREDICT_BODY,
+        "responses": {
+            "202": _json("One prediction per row, in order.", _schema("Predictions")),
+            "200": _json("The model is still training.", _schema("ModelTraining")),
+            "404": _response("NotFound"),
+            "409": {
+                "description": "Training failed (JSON), or the model's artifact is missing "
+                               "or was changed outside ml-api (text).",
+                "content": {"application/json": {"schema": _schema("TrainingFailed")},
+                            "text/plain": {"schema": {"type": "string"}}},
+            },
+            "413": _response("TooLarge"),
+            "415": _text("'Please post data in csv format.' (for JSON, a sentence naming the "
+                         "shapes it takes), then on a second line what is wrong with the rows."),
+            **_EVERY_ROUTE,
+        },
+    }
+
+
+def _status(operation_id: str, summary: str) -> dict:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "responses": {
+            "200": _json("The model's status facts.", _schema("ModelStatus")),
+            "404": _response("NotFound"),
+            **_EVERY_ROUTE,
+        },
+    }
+
+
+_PATHS: dict[str, dict] = {
+    "/models": {
+        "post": {
+            "operationId": "createModel",
+            "summary": "Train a model from CSV (features, then the label last).",
+            "parameters": _TRAINING_PARAMETERS,
+            "requestBody": {
+                "required": True,
+                "description": "CSV rows of numeric features with the label last; no header "
+                               "row unless header=true. Or, for a dataset PUT to the URL of "
+                               "POST /uploads, the upload's id as JSON: it is checked when it "
+                               "is trained, and problems end in \"Training Failed\".",
+                "content": {"text/csv": {"schema": {"type": "string"},
+                                         "example": _TRAINING_CSV},
+                            "application/json": {"schema": _schema("UploadReference")}},
+            },
+            "responses": {
+                "201": _json("Training has started; poll /check_model_status/{model_id}.",
+                             _schema("TrainingStarted")),
+                "400": _text("Names the bad or unknown query parameter, or the upload_id "
+                             "that POST /uploads did not hand out."),
+                "413": _response("TooLarge"),
+                "415": _text("Please post data in csv format, and make sure the label column "
+                             "is the last column in the csv. (then, on a second line, what is "
+                             "wrong with the CSV)"),
+                **_EVERY_ROUTE,
+            },
+        },
+        "get": {
+            "operationId": "listModels",
+            "summary": "The models, newest first, a page at a time.",
+            "parameters": [
+                _query("status", {"type": "string", "enum": ["training", "ready", "failed"]},
+                       "Only models in this state."),
+                _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
+                       "Models looked at for this page (a filtered page may hold fewer)."),
+                _query("next", {"type": "string"},
+                       "The token of the page to fetch, from the previous page's next."),
+            ],
+            "responses": {
+                "200": _json("One page; follow next until it is null.", _schema("ModelPage")),
+                "400": _response("BadParameter"),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+    "/uploads": {
+        "post": {
+            "operationId": "createUpload",
+            "summary": "A presigned URL (one hour) to PUT a dataset over API Gateway's 10 MB.",
+            "responses": {
+                "201": _json("PUT the CSV to url with headers, then POST /models with "
+                             "{\"upload_id\": ...}.", _schema("Upload")),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+    "/models/{model_id}": {
+        "parameters": [_MODEL_ID_PARAMETER],
+        "get": _predict("predict", "Predict (a GET with a body, as in the original service)."),
+        "post": _predict("predictWithPost",
+                         "Predict (the same as GET, for tools that cannot send a GET body)."),
+        "delete": {
+            "operationId": "deleteModel",
+            "summary": "Remove the model, its dataset and its artifacts.",
+            "responses": {
+                "204": {"description": "Deleted."},
+                "404": _response("NotFound"),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+    "/models/{model_id}/artifact": {
+        "parameters": [_MODEL_ID_PARAMETER],
+        "get": {
+            "operationId": "getModelArtifact",
+            "summary": "A presigned link (one hour) to the pickled scikit-learn pipeline.",
+            "responses": {
+                "200": _json("The link and how to use it, or the model is still training.",
+                             {"anyOf": [_schema("Artifact"), _schema("ModelTraining")]}),
+                "404": _response("NotFound"),
+                "409": _json("Training failed.", _schema("TrainingFailed")),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+    "/check_model_status/{model_id}": {
+        "parameters": [_MODEL_ID_PARAMETER],
+        "get": _status("getModelStatus", "The model's status and facts."),
+        "post": _status("checkModelStatus",
+                        "The model's status and facts (POST, as in the original service)."),
+    },
+    "/openapi.json": {
+        "get": {
+            "operationId": "getOpenApi",
+            "summary": "This document.",
+            "responses": {
+                "200": _json("OpenAPI 3.1.", {"type": "object"}),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": OPENAPI_VERSION,
+    "info": {
+        "title": "ml-api",
+        "version": "1",
+        "description": "Train logistic-regression models from CSV and serve their "
+                       "predictions. Errors are plain text in the original service's words.",
+    },
+    "paths": _PATHS,
+    "components": {
+        "schemas": _SCHEMAS,
+        "responses": _RESPONSES,
+        "securitySchemes": {
+            "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
+                       "description": "Needed where the stage requires API keys "
+                                      "(REQUIRE_API_KEY=true, prod); ignored elsewhere."},
+        },
+    },
+    # Optional: {} lets requests without a key through where keys are off.
+    "security": [{}, {"ApiKey": []}],
+}
+
+
+def document() -> dict[str, Any]:
+    """The OpenAPI document, a fresh copy each call."""
+    return copy.deepcopy(_DOCUMENT)
+
+
+def response() -> Response:
+    """GET /openapi.json's answer."""
+    return Response(body=document(), status_code=200,
+                    headers={"Content-Type": "application/json"})
