@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed
 
 venv: $(STAMP)
 
-$(STAMP): requirements.txt requirements-dev.txt $(wildcard requirements-layer.txt) devstack/find-python.sh
+$(STAMP): requirements.txt requirements-dev.txt $(wildcard pyproject.toml) $(wildcard requirements-layer.txt) devstack/find-python.sh
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: no Python 3.13 (or 3.12) found. Install one (e.g. 'pyenv install 3.13.0')" \
 	       "or point at it: make PYTHON=/path/to/python3.13 $(MAKECMDGOALS)" >&2; exit 1; fi
@@ -18,6 +18,7 @@ $(STAMP): requirements.txt requirements-dev.txt $(wildcard requirements-layer.tx
 	  "error: $(PYTHON) is Python %d.%d; ml-api needs 3.13 (or 3.12): Chalice deploys to the Lambda runtime of the local Python" % sys.version_info[:2])'
 	$(PYTHON) -m venv --clear $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
 run: venv

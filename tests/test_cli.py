@@ -1,0 +1,241 @@
+"""The `ml-api` command-line client (mlapi_cli/) against the local stack,
+started the way `make run` starts it on free ports, run as a subprocess.
+The stack starts once for the module; every wait is bounded."""
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from devstack.ports import answers, free_ports, tail
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+IRIS = REPO / "iris.csv"
+IRIS_ROWS = [line.split(",") for line in IRIS.read_text().splitlines() if line.strip()]
+_CONFIG = json.loads((REPO / ".chalice" / "config.json").read_text())
+STARTUP_TIMEOUT = 60
+SHUTDOWN_TIMEOUT = 20
+CLI_TIMEOUT = 120
+CLI = [sys.executable, "-m", "mlapi_cli.main"]
+
+
+def _stack_environment(log_dir: Path) -> dict[str, str]:
+    env = os.environ.copy()
+    env.pop("PORT", None)
+    env.pop("EMULATOR_PORT", None)
+    env["DEVSTACK_LOG_DIR"] = str(log_dir)
+    names = set(_CONFIG.get("environment_variables", {}))
+    for stage in _CONFIG["stages"].values():
+        names.update(stage.get("environment_variables", {}))
+    for name in (*names, "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN",
+                 "AWS_REGION", "RUNNER_WORKERS", "TRAINING_VISIBILITY_TIMEOUT"):
+        env.pop(name, None)
+    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
+               AWS_DEFAULT_REGION="us-east-1")
+    return env
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory):
+    """The local stack's API URL; stopped with SIGINT (Ctrl-C) afterwards."""
+    log_dir = tmp_path_factory.mktemp("devstack-cli")
+    api_port, emulator_port = free_ports(2)
+    command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
+               "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
+               "--log-dir", str(log_dir)]
+    with open(log_dir / "stack.log", "wb") as output:
+        process = subprocess.Popen(command, cwd=REPO, env=_stack_environment(log_dir),
+                                   stdout=output, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, start_new_session=True)
+    url = f"http://127.0.0.1:{api_port}"
+
+    def stop():
+        if process.poll() is None:
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=SHUTDOWN_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        session = requests.Session()
+        session.trust_env = False
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"devstack.run exited with code {process.returncode}\n"
+                            f"{tail(log_dir / 'stack.log')}", pytrace=False)
+            try:
+                session.get(f"{url}/check_model_status/x", timeout=2)
+                break
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the API did not answer on {url} within {STARTUP_TIMEOUT} s\n"
+                            f"{tail(log_dir / 'stack.log')}", pytrace=False)
+            time.sleep(0.2)
+    except BaseException:
+        stop()
+        raise
+    yield url
+    stop()
+    deadline = time.monotonic() + 5
+    while any(answers(port) for port in (api_port, emulator_port)) \
+            and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+def run_cli(api: str | None, *args: str, timeout: float = CLI_TIMEOUT):
+    env = os.environ.copy()
+    env.pop("ML_API_KEY", None)
+    env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
+    env["COLUMNS"] = "200"
+    if api is None:
+        env.pop("ML_API_URL", None)
+    else:
+        env["ML_API_URL"] = api
+    return subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def model(api) -> str:
+    result = run_cli(api, "train", str(IRIS), "--wait")
+    assert result.returncode == 0, (result.returncode, result.stdout, result.stderr)
+    model_id = result.stdout.splitlines()[0].strip()
+    assert model_id.startswith("model_")
+    for word in ("accuracy", "log_loss", "macro_f1", "precision", "recall", "f1",
+                 "setosa", "versicolor", "virginica"):
+        assert word in result.stdout, result.stdout
+    return model_id
+
+
+def test_help_lists_the_commands():
+    result = run_cli(None, "--help")
+    assert result.returncode == 0
+    for command in ("train", "predict", "status", "list", "delete", "download"):
+        assert command in result.stdout
+
+
+def test_usage_errors_exit_2():
+    assert run_cli(None, "train").returncode == 2
+    assert run_cli(None, "frobnicate").returncode == 2
+
+
+def test_status_json_and_list(api, model):
+    result = run_cli(api, "--json", "status", model)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["status"] == "Ready to Use"
+    assert status["model_id"] == model
+    assert status["classes"] == ["setosa", "versicolor", "virginica"]
+    assert "accuracy" in status["metrics"]
+
+    listed = run_cli(api, "list", "--status", "ready", "--all")
+    assert listed.returncode == 0, listed.stderr
+    assert model in listed.stdout
+    as_json = json.loads(run_cli(api, "--json", "list", "--all").stdout)
+    assert model in [m["model_id"] for m in as_json["models"]]
+    assert as_json["next"] is None
+
+
+def test_predict_writes_one_line_per_row(api, model, tmp_path):
+    features = tmp_path / "rows.csv"
+    features.write_text("".join(",".join(row[:-1]) + "\n" for row in IRIS_ROWS))
+    output = tmp_path / "out.csv"
+    result = run_cli(api, "predict", model, str(features), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    lines = output.read_text().splitlines()
+    assert lines[0] == "label,p_setosa,p_versicolor,p_virginica"
+    assert len(lines) == len(IRIS_ROWS) + 1
+    labels = [line.split(",")[0] for line in lines[1:]]
+    truth = [row[-1] for row in IRIS_ROWS]
+    assert sum(a == b for a, b in zip(labels, truth)) >= 0.9 * len(truth)
+    for line in lines[1:]:
+        assert abs(sum(float(p) for p in line.split(",")[1:]) - 1) < 1e-6
+    # stdout too, and the same labels
+    to_stdout = run_cli(api, "predict", model, str(features))
+    assert to_stdout.returncode == 0
+    assert to_stdout.stdout.splitlines() == lines
+
+
+def test_predict_with_bad_rows_exits_4_with_one_line(api, model, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("6.9,3.1,5.1,2.3\n1,2\n")
+    result = run_cli(api, "predict", model, str(bad))
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert result.stderr.startswith("error: 415 Please post data in csv format.")
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert result.stdout == ""
+
+
+def test_download_unpickles_and_predicts(api, model, tmp_path):
+    target = tmp_path / "model.pkl"
+    result = run_cli(api, "download", model, str(target))
+    assert result.returncode == 0, result.stderr
+    pipeline = pickle.loads(target.read_bytes())
+    assert list(pipeline.predict([[6.9, 3.1, 5.1, 2.3], [5.1, 3.5, 1.4, 0.2]])) \
+        == ["virginica", "setosa"]
+
+
+def test_a_closed_port_exits_5():
+    port, = free_ports(1)
+    result = run_cli(None, "--url", f"http://127.0.0.1:{port}", "status", "x")
+    assert result.returncode == 5
+    assert result.stderr.startswith("error: ")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rejected_training_exits_4(api, tmp_path):
+    single = tmp_path / "one-class.csv"
+    single.write_text("1,2,a\n3,4,a\n")
+    result = run_cli(api, "train", str(single))
+    assert result.returncode == 4
+    assert result.stderr.startswith("error: 415 ")
+    assert run_cli(api, "train", str(IRIS), "--C", "0").returncode == 4
+
+
+def test_unknown_model_exits_3(api):
+    result = run_cli(api, "status", "model_20000101-000000_000000000000")
+    assert result.returncode == 3
+    assert "doesn't exist" in result.stderr
+
+
+def test_over_10_mb_goes_through_the_upload(api, tmp_path):
+    rng = random.Random(7)
+    big = tmp_path / "big.csv"
+    lines = []
+    size = 0
+    while size < 11 * 1024 * 1024:
+        x, y = rng.uniform(-5, 5), rng.uniform(-5, 5)
+        line = f"{x:.9f},{y:.9f},{rng.uniform(0, 1):.9f},{'a' if x + y > 0 else 'b'}\n"
+        lines.append(line)
+        size += len(line)
+    big.write_text("".join(lines))
+    result = run_cli(api, "train", str(big), "--wait", "--max-iter", "200")
+    assert result.returncode == 0, (result.stdout, result.stderr)
+    model_id = result.stdout.splitlines()[0].strip()
+    status = json.loads(run_cli(api, "--json", "status", model_id).stdout)
+    assert status["n_rows"] == len(lines)
+    assert status["metrics"]["accuracy"] > 0.9
+    assert run_cli(api, "delete", model_id).returncode == 0
+
+
+def test_delete_then_status_exits_3(api, model):
+    # runs last in this module: the shared model is gone afterwards
+    result = run_cli(api, "delete", model)
+    assert result.returncode == 0, result.stderr
+    assert run_cli(api, "status", model).returncode == 3
+    assert run_cli(api, "delete", model).returncode == 3
