@@ -62,6 +62,16 @@ def _is_csv(content_type: str | None) -> bool:
     return _media_type(content_type) == "text/csv"
 
 
+def _not_ready(error: Exception) -> Response:
+    """The answer for a model that cannot be used (yet): the seed's 404 and
+    "Model is Training", or 409 with the reason training failed."""
+    if isinstance(error, ModelNotFound):
+        return _text(404, MODEL_NOT_FOUND)
+    if isinstance(error, ModelTraining):
+        return _json(200, {"status": "Model is Training"})
+    return _json(409, {"status": "Training Failed", "error": str(error)})
+
+
 def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..., Response]:
     """AWS trouble (emulator down, throttling, timeouts) becomes a 503 with Retry-After."""
     @functools.wraps(handler)
@@ -210,12 +220,8 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
         return _text(404, MODEL_NOT_FOUND)
     try:
         answer = components.service().predict(model_id, body, as_json)
-    except ModelNotFound:
-        return _text(404, MODEL_NOT_FOUND)
-    except ModelTraining:
-        return _json(200, {"status": "Model is Training"})
-    except ModelFailed as error:
-        return _json(409, {"status": "Training Failed", "error": str(error)})
+    except (ModelNotFound, ModelTraining, ModelFailed) as error:
+        return _not_ready(error)
     except CsvError as error:
         first = PREDICT_JSON_REQUIRED if as_json else PREDICT_CSV_REQUIRED
         return _text(415, f"{first}\n{error}")
@@ -293,12 +299,8 @@ def artifact(model_id: str) -> Response:
         return _text(404, MODEL_NOT_FOUND)
     try:
         return _json(200, components.service().download(model_id))
-    except ModelNotFound:
-        return _text(404, MODEL_NOT_FOUND)
-    except ModelTraining:
-        return _json(200, {"status": "Model is Training"})
-    except ModelFailed as error:
-        return _json(409, {"status": "Training Failed", "error": str(error)})
+    except (ModelNotFound, ModelTraining, ModelFailed) as error:
+        return _not_ready(error)
 
 
 @_unavailable_on_aws_failure
