@@ -1,100 +1,35 @@
 """The `ml-api` command-line client (mlapi_cli/) against the local stack,
-started the way `make run` starts it on free ports, run as a subprocess.
-The stack starts once for the module; every wait is bounded."""
+started the way `make run` starts it on free ports (tests/stack.py), run as a
+subprocess. The stack starts once for the module; every wait is bounded."""
 from __future__ import annotations
 
 import json
 import os
 import pickle
 import random
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
 
-from devstack.ports import answers, free_ports, tail
+from devstack.ports import free_ports
+from tests.stack import running_stack
 
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = REPO / "iris.csv"
 IRIS_ROWS = [line.split(",") for line in IRIS.read_text().splitlines() if line.strip()]
-_CONFIG = json.loads((REPO / ".chalice" / "config.json").read_text())
-STARTUP_TIMEOUT = 60
-SHUTDOWN_TIMEOUT = 20
 CLI_TIMEOUT = 120
 CLI = [sys.executable, "-m", "mlapi_cli.main"]
-
-
-def _stack_environment(log_dir: Path) -> dict[str, str]:
-    env = os.environ.copy()
-    env.pop("PORT", None)
-    env.pop("EMULATOR_PORT", None)
-    env["DEVSTACK_LOG_DIR"] = str(log_dir)
-    names = set(_CONFIG.get("environment_variables", {}))
-    for stage in _CONFIG["stages"].values():
-        names.update(stage.get("environment_variables", {}))
-    for name in (*names, "AWS_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN",
-                 "AWS_REGION", "RUNNER_WORKERS", "TRAINING_VISIBILITY_TIMEOUT"):
-        env.pop(name, None)
-    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-               AWS_DEFAULT_REGION="us-east-1")
-    return env
 
 
 @pytest.fixture(scope="module")
 def api(tmp_path_factory):
     """The local stack's API URL; stopped with SIGINT (Ctrl-C) afterwards."""
-    log_dir = tmp_path_factory.mktemp("devstack-cli")
-    api_port, emulator_port = free_ports(2)
-    command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
-               "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
-               "--log-dir", str(log_dir)]
-    with open(log_dir / "stack.log", "wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, env=_stack_environment(log_dir),
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL, start_new_session=True)
-    url = f"http://127.0.0.1:{api_port}"
-
-    def stop():
-        if process.poll() is None:
-            process.send_signal(signal.SIGINT)
-            try:
-                process.wait(timeout=SHUTDOWN_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait(timeout=10)
-
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        session = requests.Session()
-        session.trust_env = False
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"devstack.run exited with code {process.returncode}\n"
-                            f"{tail(log_dir / 'stack.log')}", pytrace=False)
-            try:
-                session.get(f"{url}/check_model_status/x", timeout=2)
-                break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the API did not answer on {url} within {STARTUP_TIMEOUT} s\n"
-                            f"{tail(log_dir / 'stack.log')}", pytrace=False)
-            time.sleep(0.2)
-    except BaseException:
-        stop()
-        raise
-    yield url
-    stop()
-    deadline = time.monotonic() + 5
-    while any(answers(port) for port in (api_port, emulator_port)) \
-            and time.monotonic() < deadline:
-        time.sleep(0.1)
+    with running_stack(tmp_path_factory.mktemp("devstack-cli")) as stack:
+        yield stack.api
 
 
 def run_cli(api: str | None, *args: str, timeout: float = CLI_TIMEOUT):

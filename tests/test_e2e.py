@@ -3,7 +3,8 @@
 over real HTTP. AWS state is read and written through boto3 pointed at the
 emulator only where a test needs to look behind the API.
 
-The stack starts once for the module; every wait is bounded.
+The stack (tests/stack.py's running_stack) starts once for the module; every
+wait is bounded.
 """
 from __future__ import annotations
 
@@ -12,19 +13,14 @@ import json
 import math
 import os
 import re
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-import boto3
 import numpy as np
 import pytest
 import requests
-from botocore.config import Config
 from botocore.exceptions import ClientError
 
 from chalicelib.queue import TrainingMessage
@@ -32,6 +28,7 @@ from devstack.ports import answers, free_ports, tail
 from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
 from chalicelib.service import new_model_id
 from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key, dataset_key
+from tests.stack import Stack, running_stack
 
 pytestmark = pytest.mark.e2e
 
@@ -63,7 +60,6 @@ FAILED = "Training Failed"
 CSV = {"Content-Type": "text/csv"}
 HTTP_TIMEOUT = 30
 STARTUP_TIMEOUT = 60
-SHUTDOWN_TIMEOUT = 20
 TRAINING_TIMEOUT = 60
 QUEUE_DRAIN_TIMEOUT = 30
 UNKNOWN_ID = "model_20000101-000000_000000000000"  # well-formed, never issued
@@ -71,146 +67,10 @@ UNKNOWN_ID = "model_20000101-000000_000000000000"  # well-formed, never issued
 
 # --- the stack ------------------------------------------------------------------
 
-@dataclass
-class Stack:
-    api: str
-    endpoint: str
-    api_port: int
-    emulator_port: int
-    log_dir: Path
-    process: subprocess.Popen
-    http: requests.Session
-    s3: object
-    sqs: object
-    dynamodb: object
-    dynamodb_client: object
-
-    @property
-    def output_path(self) -> Path:
-        return self.log_dir / "stack.log"
-
-    def output(self) -> str:
-        """The stack's own output and the emulator's log, for failure messages."""
-        return (f"--- devstack.run output ({self.output_path}) ---\n{tail(self.output_path)}\n"
-                f"--- moto log ---\n{tail(self.log_dir / 'moto.log', 2000)}")
-
-    @property
-    def table(self):
-        return self.dynamodb.Table(TABLE)
-
-    def queue_url(self, name: str = QUEUE) -> str:
-        return self.sqs.get_queue_url(QueueName=name)["QueueUrl"]
-
-
-def _stage_variable_names() -> set[str]:
-    names = set(_CONFIG.get("environment_variables", {}))
-    for stage in _CONFIG["stages"].values():
-        names.update(stage.get("environment_variables", {}))
-    return names
-
-
-def _stack_environment(log_dir: Path) -> dict[str, str]:
-    env = os.environ.copy()
-    env.pop("PORT", None)
-    env.pop("EMULATOR_PORT", None)
-    env["DEVSTACK_LOG_DIR"] = str(log_dir)
-    # The stack must use .chalice/config.json's names (which this file reads)
-    # and the emulator's region; a developer's shell must not redirect it.
-    for name in (*_stage_variable_names(), "AWS_ENDPOINT_URL", "AWS_PROFILE",
-                 "AWS_SESSION_TOKEN", "AWS_REGION", "RUNNER_WORKERS",
-                 "TRAINING_VISIBILITY_TIMEOUT"):
-        env.pop(name, None)
-    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-               AWS_DEFAULT_REGION=REGION)
-    return env
-
-
-def _stop_stack(process: subprocess.Popen, ports: list[int]) -> list[str]:
-    """Ctrl-C for the stack: SIGINT to devstack.run alone, which must stop
-    everything it started. Kills the process group on timeout. Returns what
-    went wrong."""
-    problems = []
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=SHUTDOWN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            problems.append(f"devstack.run did not exit within {SHUTDOWN_TIMEOUT} s of SIGINT")
-    # Whatever is left in the stack's process group was started by it and not stopped.
-    try:
-        os.killpg(process.pid, 0)
-        leftovers = True
-    except ProcessLookupError:
-        leftovers = False
-    if leftovers:
-        problems.append("processes of the stack's process group were still running")
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-    if not problems and process.returncode != 0:
-        problems.append(f"devstack.run exited with code {process.returncode} on SIGINT")
-    deadline = time.monotonic() + 5  # a closed listener may take a moment to go
-    while any(answers(port) for port in ports) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    still_open = [port for port in ports if answers(port)]
-    if still_open:
-        problems.append(f"ports {still_open} still accept connections after the stack stopped")
-    return problems
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    log_dir = tmp_path_factory.mktemp("devstack")
-    api_port, emulator_port = free_ports(2)
-    command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
-               "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
-               "--log-dir", str(log_dir)]
-    with open(log_dir / "stack.log", "wb") as output:
-        process = subprocess.Popen(command, cwd=REPO, env=_stack_environment(log_dir),
-                                   stdout=output, stderr=subprocess.STDOUT,
-                                   stdin=subprocess.DEVNULL,
-                                   # its own group: a kill on timeout reaches every
-                                   # process it started, and nothing else
-                                   start_new_session=True)
-    api = f"http://127.0.0.1:{api_port}"
-    endpoint = f"http://127.0.0.1:{emulator_port}"
-    session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
-                                    region_name=REGION)
-    config = Config(connect_timeout=2, read_timeout=15, retries={"total_max_attempts": 2})
-    http_session = requests.Session()
-    http_session.trust_env = False  # no proxies, no .netrc: this is 127.0.0.1
-    running = Stack(
-        api=api, endpoint=endpoint, api_port=api_port, emulator_port=emulator_port,
-        log_dir=log_dir, process=process, http=http_session,
-        s3=session.client("s3", endpoint_url=endpoint, config=config),
-        sqs=session.client("sqs", endpoint_url=endpoint, config=config),
-        dynamodb=session.resource("dynamodb", endpoint_url=endpoint, config=config),
-        dynamodb_client=session.client("dynamodb", endpoint_url=endpoint, config=config),
-    )
-    ports = [api_port, emulator_port]
-    try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"devstack.run exited with code {process.returncode} before the "
-                            f"API answered\n{running.output()}", pytrace=False)
-            try:
-                http_session.get(f"{api}/check_model_status/x", timeout=2)
-                break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"the API did not answer on {api} within {STARTUP_TIMEOUT} s\n"
-                            f"{running.output()}", pytrace=False)
-            time.sleep(0.2)
-    except BaseException:
-        http_session.close()
-        _stop_stack(process, ports)  # clean up only; the failure above is the news
-        raise
-    yield running
-    http_session.close()
-    problems = _stop_stack(process, ports)
-    if problems:
-        pytest.fail("; ".join(problems) + "\n" + running.output(), pytrace=False)
+    with running_stack(tmp_path_factory.mktemp("devstack")) as running:
+        yield running
 
 
 # --- helpers --------------------------------------------------------------------
@@ -235,17 +95,7 @@ def _status(stack: Stack, model_id: str, method: str = "POST"):
 
 def _wait_for_training(stack: Stack, model_id: str, timeout: float = TRAINING_TIMEOUT) -> dict:
     """Polls the status until it is no longer "Model is Training"; returns it."""
-    deadline = time.monotonic() + timeout
-    while True:
-        answer = _status(stack, model_id)
-        assert answer.status_code == 200, (answer.status_code, answer.text)
-        status = answer.json()
-        if status["status"] != TRAINING:
-            return status
-        if time.monotonic() > deadline:
-            pytest.fail(f"model {model_id} still training after {timeout} s: {status}\n"
-                        f"{stack.output()}", pytrace=False)
-        time.sleep(0.1)
+    return stack.wait_for_training(model_id, timeout)
 
 
 @dataclass

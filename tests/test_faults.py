@@ -7,9 +7,9 @@
   shared emulator.
 * The emulator killed under `devstack.run` and coming back empty; the
   emulator hung (SIGSTOP) under `devstack.server`.
-* A stack started by `devstack.run` with API keys on and a 1 s recheck
-  interval: a lost status item, a missing, tampered or swapped artifact, API
-  keys.
+* A stack started by `devstack.run` (tests/stack.py's running_stack) with API
+  keys on and a 1 s recheck interval: a lost status item, a missing, tampered
+  or swapped artifact, API keys.
 
 Every wait is bounded, every process is stopped in teardown (also when a test
 fails), and each scenario records what it did in RELIABILITY.md
@@ -53,6 +53,8 @@ from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, artifact_key
 from devstack import bootstrap, emulator, stage
 from devstack.ports import answers, free_ports, tail
 from tests.reliability import record
+from tests.stack import (clean_environment, kill_leftovers, running_stack, stack_command,
+                         wait_for_training, wait_until_answering)
 
 pytestmark = pytest.mark.e2e
 
@@ -86,22 +88,6 @@ SLOW_ROWS, SLOW_FEATURES, SLOW_CLASSES = 60_000, 32, 6
 
 
 # --- processes ----------------------------------------------------------------------
-
-def _session_members(session_id: int) -> list[int]:
-    """Live processes in a session: what a process started with
-    start_new_session=True started in turn (even in its own process groups)."""
-    members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            state, _ppid, _pgrp, session = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:4]
-        except (OSError, ValueError):
-            continue
-        if int(session) == session_id and state != "Z":
-            members.append(int(entry.name))
-    return members
-
 
 @dataclass
 class Process:
@@ -159,17 +145,8 @@ class Processes:
                                 f"signal {process.stop_signal}; killed")
                 process.popen.kill()
                 process.popen.wait(timeout=STOP_TIMEOUT)
-        if process.own_session:
-            deadline = time.monotonic() + 5
-            while (left := _session_members(process.pid)) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            if left:
-                problems.append(f"{process.name} left processes {left} running; killed")
-                for pid in left:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+        if process.own_session and (left := kill_leftovers(process.pid)):
+            problems.append(f"{process.name} left processes {left} running; killed")
         return problems
 
     def stop_all(self) -> list[str]:
@@ -232,32 +209,12 @@ def _events(*logs: Path, event: str | None = None, model_id: str | None = None) 
 
 # --- the environment processes get ---------------------------------------------------
 
-def _stage_variable_names() -> set[str]:
-    config = json.loads((REPO / ".chalice" / "config.json").read_text())
-    names = set(config.get("environment_variables", {}))
-    for settings in config["stages"].values():
-        names.update(settings.get("environment_variables", {}))
-    return names
-
-
 def _base_environment(endpoint: str | None = None, **extra: str) -> dict[str, str]:
     """This process's environment without anything that could redirect the
-    app (a developer's AWS profile, stage variables, ports), plus `extra`."""
-    env = os.environ.copy()
-    for name in (*_stage_variable_names(), "AWS_ENDPOINT_URL", "AWS_PROFILE",
-                 "AWS_SESSION_TOKEN", "AWS_REGION", "AWS_ACCESS_KEY_ID",
-                 "AWS_SECRET_ACCESS_KEY", "PORT", "EMULATOR_PORT", "DEVSTACK_LOG_DIR",
-                 "RUNNER_WORKERS", "TRAINING_VISIBILITY_TIMEOUT", "TRAINING_LEASE_SECONDS",
-                 "MODEL_RECHECK_SECONDS", "MODEL_CACHE_SIZE", "REQUIRE_API_KEY", "API_KEYS",
-                 "API_KEYS_PARAMETER", "MODEL_SIGNING_KEY", "MODEL_SIGNING_KEY_PARAMETER"):
-        env.pop(name, None)
-    env.update(AWS_ACCESS_KEY_ID="test", AWS_SECRET_ACCESS_KEY="test",
-               AWS_DEFAULT_REGION=REGION, MODEL_SIGNING_KEY=SIGNING_KEY,
-               PYTHONUNBUFFERED="1")
-    if endpoint:
-        env["AWS_ENDPOINT_URL"] = endpoint
-    env.update(extra)
-    return env
+    app (a developer's AWS profile, stage variables, ports: tests/stack.py's
+    clean_environment), with the signing key, plus `extra`."""
+    return clean_environment({"MODEL_SIGNING_KEY": SIGNING_KEY,
+                              **({"AWS_ENDPOINT_URL": endpoint} if endpoint else {}), **extra})
 
 
 # --- AWS, looked at from the test ---------------------------------------------------
@@ -604,12 +561,16 @@ def test_trainer_killed_on_every_delivery_marks_the_model_failed(queue_factory):
 class Stack:
     api: str
     aws: Aws
-    process: Process
+    process: subprocess.Popen  # devstack.run
+    log: Path                  # its output
     http: requests.Session
     headers: dict[str, str]
 
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
     def output(self) -> str:
-        return tail(self.process.log)
+        return tail(self.log)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> requests.Response:
@@ -632,40 +593,28 @@ class Stack:
 
     def wait_until_trained(self, *model_ids: str) -> None:
         for model_id in model_ids:
-            def done():
-                answer = self.status(model_id)
-                assert answer.status_code == 200, (answer.status_code, answer.text)
-                return answer.json()["status"] != TRAINING and answer.json()
-            status = _wait_for(done, TRAINING_TIMEOUT, f"model {model_id} to train",
-                               self.output, interval=0.1)
+            status = wait_for_training(self.http, self.api, model_id, method="GET",
+                                       headers={"Content-Type": "text/csv", **self.headers},
+                                       timeout=TRAINING_TIMEOUT, output=self.output)
             assert status["status"] == READY, status
 
 
-def _start_stack(processes: Processes, log_dir: Path, api_port: int, emulator_port: int,
-                 headers: dict[str, str] | None = None, **env: str) -> Stack:
-    """`python -m devstack.run` on these ports (it starts moto unless one answers)."""
-    command = [sys.executable, "-m", "devstack.run", "--port", str(api_port),
-               "--emulator-port", str(emulator_port), "--visibility-timeout", "5",
-               "--log-dir", str(log_dir)]
-    process = processes.spawn("devstack.run", command, _base_environment(**env),
-                              log_dir / "stack.log", stop_signal=signal.SIGINT)
+def _dev_aws(endpoint: str) -> Aws:
+    return Aws(endpoint, _settings(stage.stage_environment("dev")))
+
+
+def _start_stack(processes: Processes, log_dir: Path, api_port: int,
+                 emulator_port: int) -> Stack:
+    """`python -m devstack.run` on these ports (it starts moto unless one
+    answers), as one of `processes`."""
+    process = processes.spawn("devstack.run", stack_command(api_port, emulator_port, log_dir),
+                              _base_environment(), log_dir / "stack.log",
+                              stop_signal=signal.SIGINT)
     http = requests.Session()
     http.trust_env = False  # no proxies: this is 127.0.0.1
-    endpoint = f"http://{HOST}:{emulator_port}"
-    stack = Stack(f"http://{HOST}:{api_port}",
-                  Aws(endpoint, _settings(stage.stage_environment("dev"))), process, http,
-                  headers or {})
-
-    def api_answers():
-        if not process.alive():
-            pytest.fail(f"devstack.run exited with code {process.popen.returncode}\n"
-                        f"{stack.output()}", pytrace=False)
-        try:
-            return stack.request("GET", f"/check_model_status/{UNKNOWN_ID}").status_code
-        except requests.RequestException:
-            return None
-
-    _wait_for(api_answers, STARTUP_TIMEOUT, "the API to answer", stack.output, interval=0.2)
+    stack = Stack(f"http://{HOST}:{api_port}", _dev_aws(f"http://{HOST}:{emulator_port}"),
+                  process.popen, process.log, http, {})
+    wait_until_answering(http, stack.api, process.popen, stack.output)
     return stack
 
 
@@ -698,7 +647,7 @@ def test_emulator_down_answers_503_and_the_stack_recovers(processes, tmp_path):
         assert _text_answer(answer) and answer.text.startswith(
             "The model store is unavailable right now; retry later."), (name, answer.text)
         assert timings[name] < OUTAGE_ANSWER_LIMIT, (name, timings[name])
-    assert stack.process.alive(), stack.output()
+    assert stack.alive(), stack.output()
 
     # The emulator comes back empty; devstack.run creates the resources again.
     restarted = processes.adopt("moto (restarted)",
@@ -730,11 +679,11 @@ def test_emulator_down_answers_503_and_the_stack_recovers(processes, tmp_path):
     datasets, items = stack.aws.stored()
     assert items == {after_outage: "READY"}, items
     assert datasets == {dataset_key(after_outage)}, datasets
-    submitted_ids = {entry["model_id"] for entry in _events(stack.process.log)
+    submitted_ids = {entry["model_id"] for entry in _events(stack.log)
                      if entry.get("event", "").startswith("submit.")}
     assert submitted_ids == {before_outage, after_outage}, submitted_ids
     # The ids refused submissions had drawn (their errors name the dataset key): none exists.
-    refused_ids = {found for entry in _events(stack.process.log, event="aws.unavailable")
+    refused_ids = {found for entry in _events(stack.log, event="aws.unavailable")
                    if entry.get("handler") == "create_model"
                    for found in MODEL_ID.findall(entry.get("error", ""))}
     for model_id in refused_ids:
@@ -794,19 +743,11 @@ API_KEYS = ("k1", "k2")
 @pytest.fixture(scope="module")
 def keyed_stack(tmp_path_factory):
     """devstack.run with API keys required and a 1 s recheck interval."""
-    log_dir = tmp_path_factory.mktemp("keyed-stack")
-    started = Processes()
-    api_port, emulator_port = free_ports(2)
-    try:
-        stack = _start_stack(started, log_dir, api_port, emulator_port,
-                             headers={"X-Api-Key": API_KEYS[0]},
-                             MODEL_RECHECK_SECONDS="1", REQUIRE_API_KEY="true",
-                             API_KEYS=",".join(API_KEYS))
-        yield stack
-    finally:
-        problems = started.stop_all()
-        if problems:
-            pytest.fail("; ".join(problems) + "\n" + started.logs(), pytrace=False)
+    env = {"MODEL_SIGNING_KEY": SIGNING_KEY, "MODEL_RECHECK_SECONDS": "1",
+           "REQUIRE_API_KEY": "true", "API_KEYS": ",".join(API_KEYS)}
+    with running_stack(tmp_path_factory.mktemp("keyed-stack"), env=env) as running:
+        yield Stack(running.api, _dev_aws(running.endpoint), running.process,
+                    running.output_path, running.http, {"X-Api-Key": API_KEYS[0]})
 
 
 def _wide_dataset(labels: tuple[str, ...], seed: int) -> tuple[bytes, bytes]:
@@ -939,7 +880,7 @@ def test_tampered_artifact_is_refused_over_http(keyed_stack):
         tamper(stack, model_id, blob, blob_signature)
         restored = stack.predict(model_id, features)
         assert restored.status_code == 202, (where, restored.text)
-    logged = _events(stack.process.log, event="artifact.tampered")
+    logged = _events(stack.log, event="artifact.tampered")
     assert len([e for e in logged if e["model_id"] in (in_s3, in_item)]) == len(outcomes)
 
     record("Artifact integrity", "Tampered serving arrays",

@@ -1,8 +1,8 @@
 """The running stack against its own OpenAPI document, with schemathesis.
 
-The local stack starts as in tests/test_e2e.py (its `stack` fixture: moto's
-server, the API server and the SQS runner on free 127.0.0.1 ports, stopped
-with SIGINT). Models in each state are set up first (iris trained through
+The local stack starts as in tests/test_e2e.py (its `stack` fixture, with
+tests/stack.py's running_stack: moto's server, the API server and the SQS
+runner on free 127.0.0.1 ports, stopped with SIGINT). Models in each state are set up first (iris trained through
 the API, one failed, one training, one to delete), so that generated requests
 reach real models and not only 404s. The stack must serve exactly
 chalicelib.openapi's document at GET /openapi.json; schemathesis then takes
