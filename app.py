@@ -5,7 +5,7 @@ chalicelib.
 """
 from chalice import Chalice
 
-from chalicelib import api, components, openapi
+from chalicelib import api, components, dashboard, openapi
 from chalicelib.config import (API_GATEWAY_AUTHORIZER, TRAINER_MAX_CONCURRENCY,
                                TRAINING_QUEUE_NAME)
 from chalicelib.queue import TrainingMessage
@@ -32,7 +32,7 @@ def api_key_authorizer(auth_request):
 
 @app.middleware("http")
 def require_api_key(event, get_response):
-    return api.check_api_key(event.headers) or get_response(event)
+    return api.check_api_key(event.path, event.headers) or get_response(event)
 
 
 # Read when Chalice imports the app to deploy it, with the stage's variables set.
@@ -77,6 +77,17 @@ def model_artifact(model_id):
            content_types=api.ANY_CONTENT_TYPE, **_AUTH)
 def check_model_status(model_id):
     return api.model_status(model_id)
+
+
+# The dashboard page asks for the API key itself, so it carries no authorizer.
+@app.route("/", methods=["GET"], content_types=api.ANY_CONTENT_TYPE)
+def dashboard_root():
+    return dashboard.response()
+
+
+@app.route("/dashboard", methods=["GET"], content_types=api.ANY_CONTENT_TYPE)
+def dashboard_page():
+    return dashboard.response()
 
 
 @app.route("/openapi.json", methods=["GET"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)

@@ -9,7 +9,7 @@ from typing import Callable
 import orjson
 from chalice import AuthResponse, Response
 
-from chalicelib import components
+from chalicelib import components, dashboard
 from chalicelib.aws import is_aws_failure
 from chalicelib.csvdata import CsvError
 from chalicelib.logs import log
@@ -121,9 +121,12 @@ def authorize(presented: str | None) -> AuthResponse:
 
 
 @_unavailable_on_aws_failure
-def check_api_key(headers) -> Response | None:
+def check_api_key(route: str, headers) -> Response | None:
     """None when the request may go on; else the 401/403 answer, the same for
-    every route and id so it never tells whether a model exists."""
+    every route and id so it never tells whether a model exists. The dashboard
+    page holds no data and asks for the key itself, so it is served without one."""
+    if route in dashboard.PAGE_PATHS:
+        return None
     refusal = components.api_keys().refusal(headers.get("x-api-key"))
     return None if refusal is None else _text(*refusal)
 

@@ -41,6 +41,17 @@ def _schema(name: str) -> dict:
     return _ref("schemas", name)
 
 
+def _dashboard(operation_id: str) -> dict:
+    return {"get": {
+        "operationId": operation_id,
+        "summary": "The dashboard: one self-contained HTML page that lists, trains and "
+                   "predicts through this API. Served without a key; it asks for one.",
+        "security": [{}],
+        "responses": {"200": {"description": "The page.",
+                              "content": {"text/html": {"schema": {"type": "string"}}}}},
+    }}
+
+
 def _response(name: str) -> dict:
     return _ref("responses", name)
 
@@ -389,6 +400,8 @@ _PATHS: dict[str, dict] = {
         "post": _status("checkModelStatus",
                         "The model's status and facts (POST, as in the original service)."),
     },
+    "/": _dashboard("getDashboard"),
+    "/dashboard": _dashboard("getDashboardPage"),
     "/openapi.json": {
         "get": {
             "operationId": "getOpenApi",

@@ -130,6 +130,7 @@ def main() -> None:
                                cwd=stage.PROJECT_DIR, process_group=0)
         processes.append(api)
         _wait_for_port(args.port, api, "the API server")
+        print(f"Dashboard: http://{HOST}:{args.port}/", flush=True)
         print(f"Ready. Try: curl -X POST -H 'Content-Type: text/csv' --data-binary @iris.csv "
               f"http://{HOST}:{args.port}/models   (Ctrl-C stops everything)", flush=True)
         s3 = session.client("s3", config=aws.CLIENT_CONFIG)

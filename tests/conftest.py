@@ -6,6 +6,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from chalice.test import Client
 from moto import mock_aws
 
 from chalicelib import components
@@ -41,3 +42,22 @@ def queue_messages(session, queue_name: str) -> list[dict]:
     url = sqs.get_queue_url(QueueName=queue_name)["QueueUrl"]
     return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
                                AttributeNames=["All"]).get("Messages", [])
+
+
+API_KEYS = ("alpha-key", "beta-key")
+
+
+@pytest.fixture
+def keyed(aws, monkeypatch):
+    """A Chalice test client on the prod stage, whose API keys (API_KEYS) live in SSM."""
+    from app import app
+
+    prod = stage.stage_environment("prod")
+    aws.client("ssm").put_parameter(Name=prod["API_KEYS_PARAMETER"], Type="SecureString",
+                                    Value=",".join(API_KEYS))
+    for name, value in prod.items():
+        monkeypatch.setenv(name, value)
+    bootstrap.bootstrap(aws, Settings.from_env())
+    components.reset()
+    with Client(app, stage_name="prod") as client:
+        yield client

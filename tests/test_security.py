@@ -111,23 +111,6 @@ def test_signing_key_from_ssm(aws, monkeypatch):
     assert signer.verify("k", b"x", ArtifactSigner(lambda: b"from-ssm-0123456789").sign("k", b"x"))
 
 
-@pytest.fixture
-def keyed(aws, monkeypatch):
-    """The prod stage, whose keys live in SSM."""
-    from chalicelib.config import Settings
-    from devstack import bootstrap, stage
-
-    prod = stage.stage_environment("prod")
-    aws.client("ssm").put_parameter(Name=prod["API_KEYS_PARAMETER"], Type="SecureString",
-                                    Value="alpha-key,beta-key")
-    for name, value in prod.items():
-        monkeypatch.setenv(name, value)
-    bootstrap.bootstrap(aws, Settings.from_env())
-    components.reset()
-    with Client(app, stage_name="prod") as client:
-        yield client
-
-
 @pytest.mark.parametrize("method, path", [
     ("POST", "/models"), ("GET", "/models/model_x"), ("POST", "/models/model_x"),
     ("POST", "/check_model_status/model_x"), ("GET", "/check_model_status/model_x")])
@@ -208,9 +191,14 @@ def test_routes_carry_the_authorizer_only_where_the_stage_asks(tmp_path):
 
     from devstack import stage
 
+    # The dashboard page (/ and /dashboard) asks for the key itself: never an authorizer.
     script = ("import app; print(sorted({str(getattr(e.authorizer, 'name', None)) "
-              "for m in app.app.routes.values() for e in m.values()}))")
-    for stage_name, expected in (("dev", "['None']"), ("prod", "['api_key_authorizer']")):
+              "for p, m in app.app.routes.items() "
+              "if p not in ('/', '/dashboard') for e in m.values()}), "
+              "sorted({str(e.authorizer) for p in ('/', '/dashboard') "
+              "for e in app.app.routes[p].values()}))")
+    for stage_name, expected in (("dev", "['None'] ['None']"),
+                                 ("prod", "['api_key_authorizer'] ['None']")):
         env = {"PATH": "/usr/bin:/bin", **stage.stage_environment(stage_name)}
         out = subprocess.run([sys.executable, "-c", script], cwd=stage.PROJECT_DIR, env=env,
                              capture_output=True, text=True, check=True).stdout.strip()

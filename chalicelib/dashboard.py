@@ -1,0 +1,61 @@
+"""GET / and /dashboard: one self-contained HTML page over the public API.
+
+The page carries its own style and script (no CDN, so it works on an offline
+network) and calls the API at paths relative to itself, with the API key the
+user types once, kept in the tab's sessionStorage. The page itself holds no
+data, so it is served without a key; everything it shows comes from routes
+that check one.
+
+The Content-Security-Policy allows exactly the page's inline style and
+script (by their SHA-256) and requests to its own origin: text from the API
+(model ids, labels, error messages) is only ever set as text, and the policy
+refuses any script that would slip in anyway.
+"""
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import re
+from pathlib import Path
+
+from chalice import Response
+
+PAGE_PATHS = ("/", "/dashboard")
+_PAGE_FILE = Path(__file__).with_name("dashboard.html")
+
+
+def _hashes(page: str, tag: str) -> str:
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", page, flags=re.DOTALL)
+    if not blocks:
+        raise ValueError(f"{_PAGE_FILE.name} has no <{tag}> block")
+    return " ".join(f"'sha256-{base64.b64encode(hashlib.sha256(b.encode()).digest()).decode()}'"
+                    for b in blocks)
+
+
+@functools.cache
+def _page() -> tuple[str, dict[str, str]]:
+    page = _PAGE_FILE.read_text(encoding="utf-8")
+    policy = "; ".join((
+        "default-src 'none'",
+        f"script-src {_hashes(page, 'script')}",
+        f"style-src {_hashes(page, 'style')}",
+        "connect-src 'self'",
+        "img-src data:",
+        "base-uri 'none'",
+        "form-action 'none'",
+        "frame-ancestors 'none'",
+    ))
+    headers = {
+        "Content-Type": "text/html; charset=utf-8",
+        "Content-Security-Policy": policy,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        "Cache-Control": "no-cache",
+    }
+    return page, headers
+
+
+def response() -> Response:
+    page, headers = _page()
+    return Response(body=page, status_code=200, headers=dict(headers))

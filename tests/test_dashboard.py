@@ -1,0 +1,319 @@
+"""The dashboard page (GET / and /dashboard).
+
+In-process checks of what the page is (self-contained, its security policy,
+served without a key), then a real browser: Debian's Chromium driven by
+selenium against the local stack with API keys on, training iris from the
+page, waiting for the badge, predicting, and saving the screenshots the
+README shows (docs/dashboard.png, docs/dashboard-phone.png).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html.parser
+import os
+import re
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import API_KEYS
+
+REPO = Path(__file__).resolve().parent.parent
+PAGE = (REPO / "chalicelib" / "dashboard.html").read_text()
+IRIS = REPO / "iris.csv"
+DOCS = REPO / "docs"
+
+
+def _blocks(tag: str) -> list[str]:
+    return re.findall(rf"<{tag}>(.*?)</{tag}>", PAGE, flags=re.DOTALL)
+
+
+class _Ids(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.ids: list[str] = []
+        self.references: list[tuple[str, str]] = []
+
+    def handle_starttag(self, tag, attrs):
+        for name, value in attrs:
+            if name == "id":
+                self.ids.append(value)
+            if name in ("src", "href", "action", "data", "poster", "srcset"):
+                self.references.append((tag, value or ""))
+
+
+@pytest.mark.parametrize("path", ["/", "/dashboard"])
+def test_the_page_is_served_without_a_key_and_the_api_still_needs_one(keyed, path):
+    page = keyed.http.get(path)
+    assert page.status_code == 200
+    assert page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert page.body.decode() == PAGE
+    assert page.headers["X-Content-Type-Options"] == "nosniff"
+    refused = keyed.http.get("/models")
+    assert refused.status_code == 401, refused.body
+
+
+def test_the_security_policy_allows_exactly_the_inline_script_and_style(keyed):
+    policy = dict(part.strip().split(" ", 1)
+                  for part in keyed.http.get("/").headers["Content-Security-Policy"].split(";"))
+
+    def digests(tag):
+        return {"'sha256-" + base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() + "'"
+                for b in _blocks(tag)}
+
+    assert set(policy["script-src"].split()) == digests("script") and len(digests("script")) == 1
+    assert set(policy["style-src"].split()) == digests("style") and len(digests("style")) == 1
+    assert policy["default-src"] == "'none'"
+    assert policy["connect-src"] == "'self'"
+    assert policy["frame-ancestors"] == "'none'"
+
+
+def test_the_page_loads_nothing_from_elsewhere():
+    parser = _Ids()
+    parser.feed(PAGE)
+    outside = [(tag, ref) for tag, ref in parser.references
+               if ref and not ref.startswith(("data:", "#"))]
+    assert outside == [], "the page must work offline: no external files"
+    assert "http://" not in PAGE and "https://" not in PAGE
+    # One place calls the network, at a path relative to the page.
+    assert re.findall(r"fetch\(([^,]*),", PAGE) == ["BASE + path"]
+    assert "@import" not in PAGE and "url(" not in PAGE
+    assert "innerHTML" not in PAGE and "insertAdjacentHTML" not in PAGE and "eval(" not in PAGE
+
+
+def test_every_element_the_script_uses_exists():
+    parser = _Ids()
+    parser.feed(PAGE)
+    assert len(parser.ids) == len(set(parser.ids)), "duplicate ids"
+    used = set(re.findall(r"""\$\("([\w-]+)"\)""", _blocks("script")[0]))
+    assert used and used <= set(parser.ids), sorted(used - set(parser.ids))
+
+
+# --- In a real browser, against the local stack -------------------------------
+
+BROWSER_ARGS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                "--disable-quic", "--no-first-run", "--disable-component-update", "--disable-sync")
+WAIT_SECONDS = 60
+# Every status the model list's badges show, in order, as the page redraws it.
+SEEN_STATUSES = """
+window.seenStatuses = [];
+new MutationObserver(() => {
+  for (const badge of document.querySelectorAll("#models .badge")) {
+    const status = badge.dataset.status;
+    if (window.seenStatuses.at(-1) !== status) window.seenStatuses.push(status);
+  }
+}).observe(document.getElementById("models"), {childList: true, subtree: true});
+"""
+PHONE = (390, 844)
+
+
+def _browser_or_skip():
+    """Chromium and its driver from Debian, selenium from requirements-dev.txt.
+    CI (.ci/run) installs them and sets MLAPI_REQUIRE_BROWSER=1, so there a
+    missing piece fails the test instead of skipping it."""
+    missing = []
+    try:
+        import selenium  # noqa: F401
+    except ImportError:
+        missing.append("the Python package selenium (make installs requirements-dev.txt)")
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    driver = os.environ.get("CHROMEDRIVER", "/usr/bin/chromedriver")
+    for path, package in ((chromium, "chromium"), (driver, "chromium-driver")):
+        if not (os.path.isfile(path) and os.access(path, os.X_OK)):
+            missing.append(f"Debian's {package} package ({path}; apt-get install {package})")
+    if missing:
+        message = "the dashboard browser test needs " + " and ".join(missing)
+        if os.environ.get("MLAPI_REQUIRE_BROWSER") == "1":
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return chromium, driver
+
+
+@pytest.fixture(scope="module")
+def browser():
+    chromium, driver = _browser_or_skip()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    profile = tempfile.mkdtemp(prefix="chromium-profile-")
+    options = webdriver.ChromeOptions()
+    options.binary_location = chromium
+    for argument in (*BROWSER_ARGS, "--window-size=1280,900", f"--user-data-dir={profile}"):
+        options.add_argument(argument)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    # An explicit driver path: selenium never tries to download one.
+    session = webdriver.Chrome(service=Service(driver), options=options)
+    session.set_page_load_timeout(30)
+    try:
+        yield session
+    finally:
+        session.quit()
+        shutil.rmtree(profile, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def keyed_stack(tmp_path_factory):
+    from tests.stack import running_stack
+    with running_stack(tmp_path_factory.mktemp("devstack-dashboard"),
+                       env={"REQUIRE_API_KEY": "true", "API_KEYS": ",".join(API_KEYS)}) as stack:
+        yield stack
+
+
+def _wait(browser, condition, what: str, timeout: float = WAIT_SECONDS):
+    from selenium.common.exceptions import (NoSuchElementException,
+                                            StaleElementReferenceException, TimeoutException)
+    from selenium.webdriver.support.ui import WebDriverWait
+    # The page redraws what it shows (the list every 2 s while a model trains),
+    # so an element found a moment ago may be gone: look again.
+    redrawn = (NoSuchElementException, StaleElementReferenceException)
+    try:
+        return WebDriverWait(browser, timeout, poll_frequency=0.1,
+                             ignored_exceptions=redrawn).until(lambda b: condition(b))
+    except TimeoutException:
+        raise AssertionError(f"the page never showed {what} within {timeout} s; "
+                             f"console: {browser.get_log('browser')}") from None
+
+
+def _text(browser, element_id: str) -> str:
+    from selenium.webdriver.common.by import By
+    return browser.find_element(By.ID, element_id).text
+
+
+def _table(browser, element_id: str) -> list[list[str]]:
+    from selenium.webdriver.common.by import By
+    return [[cell.text for cell in row.find_elements(By.CSS_SELECTOR, "th, td")]
+            for row in browser.find_elements(By.CSS_SELECTOR, f"#{element_id} tbody tr")]
+
+
+def _full_page_screenshot(browser, path: Path, width: int, height: int | None = None) -> None:
+    browser.set_window_size(width, 900)
+    browser.execute_script("window.scrollTo(0, 0)")
+    full = browser.execute_script("return document.documentElement.scrollHeight")
+    browser.set_window_size(width, height or full + 140)  # + the window's own chrome
+    time.sleep(0.3)
+    path.parent.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(path)), path
+
+
+@pytest.mark.e2e
+def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack):
+    from selenium.webdriver.common.by import By
+
+    stack = keyed_stack
+    headers = {"X-Api-Key": API_KEYS[1]}
+    by_id = lambda element_id: browser.find_element(By.ID, element_id)  # noqa: E731
+
+    # 1. Without a key the page asks for one, in the API's words.
+    browser.get(f"{stack.api}/dashboard")
+    _wait(browser, lambda b: "Missing API key" in _text(b, "key-message"), "the key request")
+    by_id("api-key").send_keys(API_KEYS[1])
+    by_id("key-form").find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _wait(browser, lambda b: b.find_element(By.ID, "models-empty").is_displayed(),
+          "the empty model list")
+    assert _text(browser, "key-message") == ""
+
+    # 2. A file that is not a training CSV: the API's 415 text, word for word.
+    bad = Path(tempfile.mkdtemp()) / "notes.csv"
+    bad.write_text("just,one,row,without,labels?\n")
+    refused = stack.http.post(f"{stack.api}/models", data=bad.read_bytes(),
+                              headers={**headers, "Content-Type": "text/csv"})
+    assert refused.status_code == 415
+    by_id("train-file").send_keys(str(bad))
+    by_id("train-button").click()
+    _wait(browser, lambda b: _text(b, "train-message") == refused.text.strip(), "the 415 text")
+
+    # 3. Train iris from the page, with a 20% holdout; the badge turns ready by
+    # itself (the list refreshes while a model trains), and then the page stops
+    # asking.
+    browser.execute_script(SEEN_STATUSES)
+    by_id("train-file").send_keys(str(IRIS))
+    by_id("train-holdout").send_keys("0.2")
+    by_id("train-button").click()
+    _wait(browser, lambda b: _text(b, "train-message").startswith("Training model_"),
+          "the new model's id")
+    model_id = _text(browser, "train-message").removeprefix("Training ").rstrip(".")
+    badge = f'#models li[data-model-id="{model_id}"] .badge'
+    _wait(browser, lambda b: b.find_element(By.CSS_SELECTOR, badge)
+          .get_attribute("data-status") == "ready", "the ready badge")
+    assert by_id("detail-badge").get_attribute("data-status") == "ready"
+    assert _text(browser, "detail-id") == model_id
+    seen = browser.execute_script("return window.seenStatuses")
+    assert seen[0] == "training" and seen[-1] == "ready", seen
+    listings = "return performance.getEntriesByType('resource')" \
+               ".filter(e => e.name.includes('/models?')).length"
+    asked = browser.execute_script(listings)
+    time.sleep(2.5)  # longer than the page's 2 s refresh
+    assert browser.execute_script(listings) == asked, "the list kept refreshing with none training"
+
+    # 4. The metrics and the heat map are the API's own.
+    status = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers).json()
+    confusion = status["metrics"]["confusion_matrix"]
+    shown = _table(browser, "confusion")
+    assert shown == [[label, *map(str, counts)]
+                     for label, counts in zip(confusion["labels"], confusion["matrix"])]
+    assert sum(sum(counts) for counts in confusion["matrix"]) == 30
+    cells = browser.find_elements(By.CSS_SELECTOR, "#confusion td")
+    for index, cell in enumerate(cells):
+        row, column = divmod(index, len(confusion["labels"]))
+        counts = confusion["matrix"][row]
+        assert float(cell.get_attribute("data-share")) == pytest.approx(
+            counts[column] / sum(counts), abs=1e-3)
+        assert ("diagonal" in cell.get_attribute("class")) == (row == column)
+        assert cell.value_of_css_property("background-color").startswith("rgba(")
+    accuracy = f"{100 * status['metrics']['accuracy']:.1f}%"
+    assert accuracy in _text(browser, "metrics-stats")
+
+    # 5. A typed row, then three CSV rows: the API's labels and probabilities.
+    rows = ["6.3,2.9,5.6,1.8", "5.1,3.5,1.4,0.2", "5.9,3.0,4.2,1.5"]
+    expected = stack.http.post(f"{stack.api}/models/{model_id}", data="\n".join(rows) + "\n",
+                               headers={**headers, "Content-Type": "text/csv"}).json()
+    for index, value in enumerate(rows[0].split(",")):
+        by_id(f"feature-{index}").send_keys(value)
+    by_id("row-button").click()
+    _wait(browser, lambda b: b.find_element(By.ID, "results").is_displayed(), "the prediction")
+    assert _table(browser, "results-table") == [
+        ["1", str(expected["predictions"][0]),
+         *(f"{p:.4f}" for p in expected["prediction_probability"][0])]]
+
+    by_id("csv-rows").send_keys("\n".join(rows))
+    by_id("csv-button").click()
+    _wait(browser, lambda b: len(_table(b, "results-table")) == 3, "three predictions")
+    assert [row[1] for row in _table(browser, "results-table")] == \
+        [str(label) for label in expected["predictions"]]
+    assert _text(browser, "results-note") == "3 rows"
+    _full_page_screenshot(browser, DOCS / "dashboard.png", 1280)
+
+    # 6. A row the model cannot take: the API's 415 text, word for word.
+    by_id("csv-rows").clear()
+    by_id("csv-rows").send_keys("1,2,three,4")
+    bad_row = stack.http.post(f"{stack.api}/models/{model_id}", data="1,2,three,4\n",
+                              headers={**headers, "Content-Type": "text/csv"})
+    assert bad_row.status_code == 415
+    by_id("csv-button").click()
+    _wait(browser, lambda b: _text(b, "predict-message") == bad_row.text.strip(), "the 415 text")
+    assert not by_id("results").is_displayed()
+
+    # 7. The key stays for the tab: a reload lists the model without asking again.
+    browser.refresh()
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, badge), "the model after a reload")
+    assert _text(browser, "key-message") == ""
+
+    # 8. A phone's width: nothing wider than the screen.
+    browser.find_element(By.CSS_SELECTOR, f'#models li[data-model-id="{model_id}"] button').click()
+    _wait(browser, lambda b: b.find_element(By.ID, "predict").is_displayed(), "the predict form")
+    browser.set_window_size(*PHONE)
+    width = browser.execute_script("return [document.documentElement.scrollWidth, "
+                                   "document.documentElement.clientWidth]")
+    assert width[0] <= width[1], f"the page scrolls sideways on a phone: {width}"
+    _full_page_screenshot(browser, DOCS / "dashboard-phone.png", PHONE[0], PHONE[1])
+
+    # No script or policy errors; Chromium logs each 4xx the test asked for (401, 415).
+    expected_refusal = re.compile(r"Failed to load resource: the server responded with a "
+                                  r"status of (401|415) ")
+    problems = [entry["message"] for entry in browser.get_log("browser")
+                if entry["level"] == "SEVERE" and not expected_refusal.search(entry["message"])]
+    assert problems == []
