@@ -58,7 +58,7 @@ def _only(logical: str, kind: str, properties: dict, supported: set[str],
 def ensure_bucket(session, logical: str, props: dict) -> Attributes:
     _only(logical, "AWS::S3::Bucket", props,
           {"BucketName", "BucketEncryption", "PublicAccessBlockConfiguration",
-           "OwnershipControls"}, {"BucketName"})
+           "OwnershipControls", "CorsConfiguration"}, {"BucketName"})
     s3 = session.client("s3")
     name, region = props["BucketName"], session.region_name or "us-east-1"
     kwargs = {} if region == "us-east-1" else {
@@ -87,8 +87,25 @@ def ensure_bucket(session, logical: str, props: dict) -> Attributes:
             rules.append(rule)
         s3.put_bucket_encryption(Bucket=name,
                                  ServerSideEncryptionConfiguration={"Rules": rules})
+    if "CorsConfiguration" in props:
+        s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": [
+            _cors_rule(rule) for rule in props["CorsConfiguration"]["CorsRules"]]})
     partition = session.get_partition_for_region(region)
     return {"Ref": name, "Arn": f"arn:{partition}:s3:::{name}"}
+
+
+# CloudFormation's CORS rule names, and the S3 API's.
+_CORS_NAMES = {"Id": "ID", "AllowedMethods": "AllowedMethods", "AllowedOrigins": "AllowedOrigins",
+               "AllowedHeaders": "AllowedHeaders", "ExposedHeaders": "ExposeHeaders",
+               "MaxAge": "MaxAgeSeconds"}
+
+
+def _cors_rule(rule: dict) -> dict:
+    unknown = set(rule) - set(_CORS_NAMES)
+    if unknown:
+        raise DefinitionError(f"{definition.DEFINITION_PATH.name}: a CORS rule sets "
+                              f"{', '.join(sorted(unknown))}, which devstack.bootstrap does not apply")
+    return {_CORS_NAMES[name]: value for name, value in rule.items()}
 
 
 def _key_schema(schema: list[dict]) -> list[tuple[str, str]]:

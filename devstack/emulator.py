@@ -11,8 +11,11 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from devstack.ports import answers
+
+_PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def describe(endpoint: str) -> str:
@@ -31,8 +34,8 @@ def start_moto(host: str, port: int, log_path: str = os.devnull,
     """Starts moto's server, logging to log_path, and waits until it answers."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "moto.server", "-H", host, "-p", str(port)],
-            stdout=log, stderr=subprocess.STDOUT, process_group=0,
+            [sys.executable, "-m", "devstack.moto_server", "-H", host, "-p", str(port)],
+            cwd=_PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -150,3 +150,34 @@ def test_dead_letters_can_be_listed_and_redriven(aws):
             QueueUrl=live, MaxNumberOfMessages=10).get("Messages", [])]
     assert len(bodies) == 12
     assert dlq.dead_messages(sqs, settings) == []
+
+
+def test_the_embedded_moto_answers_a_browsers_preflight_on_a_presigned_put(tmp_path):
+    """devstack.moto_server: the CORS preflight of a presigned PUT gets 200 (as
+    from S3), while the PUT itself still needs the Content-Type it was signed with."""
+    import boto3
+    import requests
+
+    from devstack.emulator import start_moto
+    from devstack.ports import free_ports
+
+    [port] = free_ports(1)
+    moto = start_moto("127.0.0.1", port, str(tmp_path / "moto.log"))
+    try:
+        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
+                          aws_access_key_id="test", aws_secret_access_key="test")
+        s3.create_bucket(Bucket="uploads-test")
+        url = s3.generate_presigned_url("put_object", ExpiresIn=60, Params={
+            "Bucket": "uploads-test", "Key": "k.csv", "ContentType": "text/csv"})
+        http = requests.Session()
+        http.trust_env = False
+        preflight = http.options(url, headers={"Origin": "http://127.0.0.1:8000",
+                                               "Access-Control-Request-Method": "PUT",
+                                               "Access-Control-Request-Headers": "content-type"})
+        assert preflight.status_code == 200, preflight.text
+        assert http.put(url, data=b"1,a\n").status_code == 403  # no Content-Type: refused
+        assert http.put(url, data=b"1,a\n", headers={"Content-Type": "text/csv"}).ok
+        assert s3.get_object(Bucket="uploads-test", Key="k.csv")["Body"].read() == b"1,a\n"
+    finally:
+        moto.terminate()
+        moto.wait(timeout=10)
