@@ -7,17 +7,20 @@ data, so it is served without a key; everything it shows comes from routes
 that check one.
 
 The Content-Security-Policy allows exactly the page's inline style and
-script (by their SHA-256) and requests to its own origin: text from the API
-(model ids, labels, error messages) is only ever set as text, and the policy
-refuses any script that would slip in anyway.
+script (by their SHA-256), requests to its own origin, and PUTs to S3's
+(files over API Gateway's 10 MB go to a presigned URL, as the CLI's do):
+text from the API (model ids, labels, error messages) is only ever set as
+text, and the policy refuses any script that would slip in anyway.
 """
 from __future__ import annotations
 
 import base64
 import functools
 import hashlib
+import os
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from chalice import Response
 
@@ -33,6 +36,17 @@ def _hashes(page: str, tag: str) -> str:
                     for b in blocks)
 
 
+def _storage_origins() -> str:
+    """Where presigned upload URLs point: S3 in AWS, or the emulator that
+    AWS_ENDPOINT_URL(_S3) names (moto's server, LocalStack)."""
+    origins = ["https://*.amazonaws.com"]
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        parts = urlsplit(endpoint)
+        origins.append(f"{parts.scheme}://{parts.netloc}")
+    return " ".join(origins)
+
+
 @functools.cache
 def _page() -> tuple[str, dict[str, str]]:
     page = _PAGE_FILE.read_text(encoding="utf-8")
@@ -40,7 +54,7 @@ def _page() -> tuple[str, dict[str, str]]:
         "default-src 'none'",
         f"script-src {_hashes(page, 'script')}",
         f"style-src {_hashes(page, 'style')}",
-        "connect-src 'self'",
+        f"connect-src 'self' {_storage_origins()}",
         "img-src data:",
         "base-uri 'none'",
         "form-action 'none'",

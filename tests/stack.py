@@ -230,6 +230,10 @@ class Stack:
                 f"--- moto log ---\n{tail(self.log_dir / 'moto.log', 2000)}")
 
     @property
+    def bucket(self) -> str:
+        return _DEV["MODELS_BUCKET"]
+
+    @property
     def table(self):
         return self.dynamodb.Table(_DEV["MODELS_TABLE"])
 

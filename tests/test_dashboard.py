@@ -12,6 +12,7 @@ import base64
 import hashlib
 import html.parser
 import os
+import random
 import re
 import shutil
 import tempfile
@@ -68,8 +69,21 @@ def test_the_security_policy_allows_exactly_the_inline_script_and_style(keyed):
     assert set(policy["script-src"].split()) == digests("script") and len(digests("script")) == 1
     assert set(policy["style-src"].split()) == digests("style") and len(digests("style")) == 1
     assert policy["default-src"] == "'none'"
-    assert policy["connect-src"] == "'self'"
+    # Its own origin, and S3's for the presigned PUT of files over 10 MB.
+    assert policy["connect-src"] == "'self' https://*.amazonaws.com"
     assert policy["frame-ancestors"] == "'none'"
+
+
+def test_uploads_may_go_to_the_emulator_that_aws_endpoint_url_names(monkeypatch):
+    from chalicelib import dashboard
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:4566/")
+    dashboard._page.cache_clear()
+    try:
+        policy = dashboard.response().headers["Content-Security-Policy"]
+    finally:
+        dashboard._page.cache_clear()
+    assert "connect-src 'self' https://*.amazonaws.com http://127.0.0.1:4566;" in policy
 
 
 def test_the_page_loads_nothing_from_elsewhere():
@@ -317,3 +331,69 @@ def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack)
     problems = [entry["message"] for entry in browser.get_log("browser")
                 if entry["level"] == "SEVERE" and not expected_refusal.search(entry["message"])]
     assert problems == []
+
+
+def _log_in(browser, stack) -> None:
+    from selenium.webdriver.common.by import By
+    browser.set_window_size(1280, 900)
+    browser.get(f"{stack.api}/")
+    browser.find_element(By.ID, "api-key").clear()
+    browser.find_element(By.ID, "api-key").send_keys(API_KEYS[0])
+    browser.find_element(By.ID, "key-form").find_element(By.CSS_SELECTOR,
+                                                         "button[type=submit]").click()
+    _wait(browser, lambda b: _text(b, "key-message") == "" and
+          not b.find_element(By.ID, "models-message").text, "the model list")
+
+
+@pytest.mark.e2e
+def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
+        browser, keyed_stack, tmp_path):
+    """Over API Gateway's 10 MB the page PUTs the file to POST /uploads' presigned
+    URL (the bucket's CORS rule lets it); 50,000 rows go out in 3 batches."""
+    from selenium.webdriver.common.by import By
+
+    stack = keyed_stack
+    headers = {"X-Api-Key": API_KEYS[0]}
+    rng = random.Random(11)
+    lines, size = [], 0
+    while size < 11 * 1024 * 1024:
+        x, y = rng.uniform(-5, 5), rng.uniform(-5, 5)
+        line = f"{x:.9f},{y:.9f},{rng.uniform(0, 1):.9f},{'a' if x + y > 0 else 'b'}\n"
+        lines.append(line)
+        size += len(line)
+    big = tmp_path / "big.csv"
+    big.write_text("".join(lines))
+
+    _log_in(browser, stack)
+    browser.find_element(By.ID, "train-file").send_keys(str(big))
+    browser.find_element(By.ID, "train-max-iter").send_keys("200")
+    browser.find_element(By.ID, "train-button").click()
+    _wait(browser, lambda b: _text(b, "train-message").startswith("Training model_"),
+          "the new model's id", timeout=120)
+    model_id = _text(browser, "train-message").removeprefix("Training ").rstrip(".")
+    _wait(browser, lambda b: b.find_element(By.ID, "detail-badge")
+          .get_attribute("data-status") == "ready", "the ready badge", timeout=180)
+    status = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers).json()
+    assert status["n_rows"] == len(lines) and status["metrics"]["accuracy"] > 0.9
+    uploads = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/")["Contents"]
+    assert [o["Size"] for o in uploads if o["Size"] == size] == [size], "the file went to storage"
+
+    # 50,000 rows: over the page's 20,000-row batches, so three requests.
+    rows = [",".join(line.split(",")[:3]) for line in lines[:50_000]]
+    csv = tmp_path / "rows.csv"
+    csv.write_text("\n".join(rows) + "\n")
+    before = browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        f".filter(e => e.name.endsWith('/models/{model_id}')).length")
+    browser.find_element(By.ID, "csv-file").send_keys(str(csv))
+    browser.find_element(By.ID, "csv-button").click()
+    _wait(browser, lambda b: _text(b, "results-note") == "first 500 of 50000 rows",
+          "the 50,000 predictions", timeout=120)
+    sent = browser.execute_script(
+        "return performance.getEntriesByType('resource')"
+        f".filter(e => e.name.endsWith('/models/{model_id}')).length") - before
+    assert sent == 3, f"{sent} predict requests for 50,000 rows"
+    expected = stack.http.post(f"{stack.api}/models/{model_id}", data="\n".join(rows[:500]) + "\n",
+                               headers={**headers, "Content-Type": "text/csv"}).json()
+    assert [row[1] for row in _table(browser, "results-table")] == expected["predictions"]
+    assert browser.find_element(By.ID, "results-save").get_attribute("href").startswith("blob:")
