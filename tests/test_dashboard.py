@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key
 from tests.conftest import API_KEYS
 
 REPO = Path(__file__).resolve().parent.parent
@@ -159,9 +160,14 @@ def browser():
     for argument in (*BROWSER_ARGS, "--window-size=1280,900", f"--user-data-dir={profile}"):
         options.add_argument(argument)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    downloads = Path(profile) / "downloads"
+    downloads.mkdir()
+    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                              "download.prompt_for_download": False})
     # An explicit driver path: selenium never tries to download one.
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.set_page_load_timeout(30)
+    session.downloads = downloads
     try:
         yield session
     finally:
@@ -397,3 +403,24 @@ def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
                                headers={**headers, "Content-Type": "text/csv"}).json()
     assert [row[1] for row in _table(browser, "results-table")] == expected["predictions"]
     assert browser.find_element(By.ID, "results-save").get_attribute("href").startswith("blob:")
+
+    # Download: the API's presigned link (the message names the scikit-learn
+    # version the API reports); then delete, confirmed in the browser's dialog.
+    artifact = stack.http.get(f"{stack.api}/models/{model_id}/artifact", headers=headers).json()
+    browser.find_element(By.ID, "download-button").click()
+    _wait(browser, lambda b: f"scikit-learn {artifact['scikit_learn_version']} pipeline"
+          in _text(b, "detail-message"), "the download message")
+    stored = stack.s3.get_object(Bucket=stack.bucket,
+                                 Key=artifact_key(model_id, PIPELINE_ARTIFACT))["Body"].read()
+    _wait(browser, lambda b: [p.read_bytes() for p in b.downloads.glob("*.pkl")] == [stored],
+          "the downloaded pickle", timeout=30)
+    browser.find_element(By.ID, "delete-button").click()
+    dialog = browser.switch_to.alert
+    assert model_id in dialog.text
+    dialog.accept()
+    _wait(browser, lambda b: not b.find_elements(By.CSS_SELECTOR,
+                                                  f'#models li[data-model-id="{model_id}"]'),
+          "the model gone from the list")
+    assert browser.find_element(By.ID, "detail-empty").is_displayed()
+    gone = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers)
+    assert gone.status_code == 404
