@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from devstack.ports import answers, free_ports, tail  # noqa: F401  (re-exported)
+from devstack.ports import answers, free_ports, stop_process, tail  # noqa: F401  (re-exported)
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -106,13 +106,7 @@ class Processes:
 
 
 def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
+    stop_process(process, STOP_TIMEOUT)
     # Anything it left in its own process group (the group is the one we created).
     try:
         os.killpg(process.pid, signal.SIGKILL)

@@ -11,11 +11,9 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from pathlib import Path
 
+from devstack import stage
 from devstack.ports import answers
-
-_PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
 def describe(endpoint: str) -> str:
@@ -35,7 +33,7 @@ def start_moto(host: str, port: int, log_path: str = os.devnull,
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "devstack.moto_server", "-H", host, "-p", str(port)],
-            cwd=_PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT, process_group=0,
+            cwd=stage.PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

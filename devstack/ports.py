@@ -1,7 +1,8 @@
-"""Ports and logs of the local processes (the stack, tests, benchmarks)."""
+"""Ports, logs and stopping of the local processes (the stack, tests, benchmarks)."""
 from __future__ import annotations
 
 import socket
+import subprocess
 from pathlib import Path
 
 HOST = "127.0.0.1"
@@ -38,3 +39,14 @@ def tail(path: Path, limit: int = 4000) -> str:
     except OSError:
         return f"({path} is missing)"
     return text if len(text) <= limit else "...\n" + text[-limit:]
+
+
+def stop_process(process: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM, and SIGKILL when it has not exited within `timeout` seconds."""
+    if process.poll() is None:
+        process.terminate()
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=timeout)

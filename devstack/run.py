@@ -21,7 +21,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import aws
 from chalicelib.config import Settings
 from devstack import bootstrap, emulator, stage
-from devstack.ports import answers
+from devstack.ports import answers, stop_process
 
 HOST = "127.0.0.1"
 RESOURCE_CHECK_SECONDS = 2
@@ -61,13 +61,7 @@ def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout
 def _stop(processes: list[subprocess.Popen]) -> None:
     """Stops in reverse start order: the API and runner before the emulator."""
     for process in reversed(processes):
-        if process.poll() is None:
-            process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process)
 
 
 def main() -> None:

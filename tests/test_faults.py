@@ -51,7 +51,7 @@ from chalicelib.service import new_model_id
 from chalicelib.serving import ServingModel
 from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, artifact_key, dataset_key
 from devstack import bootstrap, emulator, stage
-from devstack.ports import answers, free_ports, tail
+from devstack.ports import answers, free_ports, stop_process, tail
 from tests.reliability import record
 from tests.stack import (clean_environment, kill_leftovers, running_stack, stack_command,
                          wait_for_training, wait_until_answering)
@@ -331,12 +331,7 @@ def moto_endpoint(tmp_path_factory):
     [port] = free_ports(1)
     moto = emulator.start_moto(HOST, port, str(log))
     yield f"http://{HOST}:{port}"
-    moto.terminate()
-    try:
-        moto.wait(timeout=STOP_TIMEOUT)
-    except subprocess.TimeoutExpired:
-        moto.kill()
-        moto.wait(timeout=STOP_TIMEOUT)
+    stop_process(moto, STOP_TIMEOUT)
 
 
 @dataclass

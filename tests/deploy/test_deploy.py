@@ -5,7 +5,6 @@ server standing in for AWS."""
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import zipfile
@@ -15,6 +14,7 @@ import boto3
 import pytest
 
 from devstack import bootstrap, emulator, stage
+from devstack.ports import free_ports
 from infra import deploy, layer as layers, secrets
 from infra import package
 from infra.package import CHALICE
@@ -142,15 +142,9 @@ def test_preflight_refuses_the_scientific_stack_in_requirements_txt(tmp_path):
 
 # --- the whole sequence against moto's server ------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def moto_server(tmp_path):
-    port = _free_port()
+    [port] = free_ports(1)
     server = emulator.start_moto("127.0.0.1", port, str(tmp_path / "moto.log"))
     try:
         yield f"http://127.0.0.1:{port}"

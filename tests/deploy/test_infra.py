@@ -12,6 +12,7 @@ import pytest
 from chalice.cli.factory import CLIFactory
 
 from devstack import bootstrap, emulator, stage
+from devstack.ports import free_ports
 from infra import definition
 from infra.definition import DefinitionError
 
@@ -215,7 +216,7 @@ def test_teardown_keeps_the_data_unless_asked(moto_session):
 # --- bootstrap's command line against moto's server ---------------------------------
 
 def test_bootstrap_command_against_moto_server(tmp_path):
-    port = _free_port()
+    [port] = free_ports(1)
     server = emulator.start_moto("127.0.0.1", port, str(tmp_path / "moto.log"))
     try:
         env = {k: v for k, v in os.environ.items()
@@ -243,14 +244,6 @@ def test_bootstrap_command_against_moto_server(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=10)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_localstack_compose_is_pinned_local_and_minimal():
