@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import random
 from pathlib import Path
 
 import boto3
@@ -43,6 +44,19 @@ def queue_messages(session, queue_name: str) -> list[dict]:
     return sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10,
                                AttributeNames=["All"]).get("Messages", [])
 
+
+
+def two_class_lines(min_bytes: int, seed: int) -> list[str]:
+    """CSV lines (3 features, label a or b, split by x + y > 0) adding up to
+    at least `min_bytes`: a file over API Gateway's 10 MB for the upload path."""
+    rng = random.Random(seed)
+    lines, size = [], 0
+    while size < min_bytes:
+        x, y = rng.uniform(-5, 5), rng.uniform(-5, 5)
+        line = f"{x:.9f},{y:.9f},{rng.uniform(0, 1):.9f},{'a' if x + y > 0 else 'b'}\n"
+        lines.append(line)
+        size += len(line)
+    return lines
 
 API_KEYS = ("alpha-key", "beta-key")
 

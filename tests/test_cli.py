@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import pickle
-import random
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from devstack.ports import free_ports
+from tests.conftest import two_class_lines
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.e2e
@@ -149,15 +149,8 @@ def test_unknown_model_exits_3(api):
 
 
 def test_over_10_mb_goes_through_the_upload(api, tmp_path):
-    rng = random.Random(7)
     big = tmp_path / "big.csv"
-    lines = []
-    size = 0
-    while size < 11 * 1024 * 1024:
-        x, y = rng.uniform(-5, 5), rng.uniform(-5, 5)
-        line = f"{x:.9f},{y:.9f},{rng.uniform(0, 1):.9f},{'a' if x + y > 0 else 'b'}\n"
-        lines.append(line)
-        size += len(line)
+    lines = two_class_lines(11 * 1024 * 1024, seed=7)
     big.write_text("".join(lines))
     result = run_cli(api, "train", str(big), "--wait", "--max-iter", "200")
     assert result.returncode == 0, (result.stdout, result.stderr)

@@ -12,7 +12,6 @@ import base64
 import hashlib
 import html.parser
 import os
-import random
 import re
 import shutil
 import tempfile
@@ -22,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key
-from tests.conftest import API_KEYS
+from tests.conftest import API_KEYS, two_class_lines
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = (REPO / "chalicelib" / "dashboard.html").read_text()
@@ -209,6 +208,22 @@ def _table(browser, element_id: str) -> list[list[str]]:
             for row in browser.find_elements(By.CSS_SELECTOR, f"#{element_id} tbody tr")]
 
 
+def _enter_key(browser, key: str) -> None:
+    from selenium.webdriver.common.by import By
+    field = browser.find_element(By.ID, "api-key")
+    field.clear()
+    field.send_keys(key)
+    browser.find_element(By.ID, "key-form").find_element(By.CSS_SELECTOR,
+                                                         "button[type=submit]").click()
+
+
+def _requests_made(browser, condition: str) -> int:
+    """How many requests the page has sent whose resource entry `e` meets the
+    JavaScript `condition`."""
+    return browser.execute_script(
+        f"return performance.getEntriesByType('resource').filter(e => {condition}).length")
+
+
 def _full_page_screenshot(browser, path: Path, width: int, height: int | None = None) -> None:
     browser.set_window_size(width, 900)
     browser.execute_script("window.scrollTo(0, 0)")
@@ -220,7 +235,7 @@ def _full_page_screenshot(browser, path: Path, width: int, height: int | None = 
 
 
 @pytest.mark.e2e
-def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack):
+def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack, tmp_path):
     from selenium.webdriver.common.by import By
 
     stack = keyed_stack
@@ -230,14 +245,13 @@ def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack)
     # 1. Without a key the page asks for one, in the API's words.
     browser.get(f"{stack.api}/dashboard")
     _wait(browser, lambda b: "Missing API key" in _text(b, "key-message"), "the key request")
-    by_id("api-key").send_keys(API_KEYS[1])
-    by_id("key-form").find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    _enter_key(browser, API_KEYS[1])
     _wait(browser, lambda b: b.find_element(By.ID, "models-empty").is_displayed(),
           "the empty model list")
     assert _text(browser, "key-message") == ""
 
     # 2. A file that is not a training CSV: the API's 415 text, word for word.
-    bad = Path(tempfile.mkdtemp()) / "notes.csv"
+    bad = tmp_path / "notes.csv"
     bad.write_text("just,one,row,without,labels?\n")
     refused = stack.http.post(f"{stack.api}/models", data=bad.read_bytes(),
                               headers={**headers, "Content-Type": "text/csv"})
@@ -263,11 +277,10 @@ def test_train_iris_wait_for_ready_and_predict_in_chromium(browser, keyed_stack)
     assert _text(browser, "detail-id") == model_id
     seen = browser.execute_script("return window.seenStatuses")
     assert seen[0] == "training" and seen[-1] == "ready", seen
-    listings = "return performance.getEntriesByType('resource')" \
-               ".filter(e => e.name.includes('/models?')).length"
-    asked = browser.execute_script(listings)
+    asked = _requests_made(browser, "e.name.includes('/models?')")
     time.sleep(2.5)  # longer than the page's 2 s refresh
-    assert browser.execute_script(listings) == asked, "the list kept refreshing with none training"
+    assert _requests_made(browser, "e.name.includes('/models?')") == asked, \
+        "the list kept refreshing with none training"
 
     # 4. The metrics and the heat map are the API's own.
     status = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers).json()
@@ -343,10 +356,7 @@ def _log_in(browser, stack) -> None:
     from selenium.webdriver.common.by import By
     browser.set_window_size(1280, 900)
     browser.get(f"{stack.api}/")
-    browser.find_element(By.ID, "api-key").clear()
-    browser.find_element(By.ID, "api-key").send_keys(API_KEYS[0])
-    browser.find_element(By.ID, "key-form").find_element(By.CSS_SELECTOR,
-                                                         "button[type=submit]").click()
+    _enter_key(browser, API_KEYS[0])
     _wait(browser, lambda b: _text(b, "key-message") == "" and
           not b.find_element(By.ID, "models-message").text, "the model list")
 
@@ -360,13 +370,8 @@ def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
 
     stack = keyed_stack
     headers = {"X-Api-Key": API_KEYS[0]}
-    rng = random.Random(11)
-    lines, size = [], 0
-    while size < 11 * 1024 * 1024:
-        x, y = rng.uniform(-5, 5), rng.uniform(-5, 5)
-        line = f"{x:.9f},{y:.9f},{rng.uniform(0, 1):.9f},{'a' if x + y > 0 else 'b'}\n"
-        lines.append(line)
-        size += len(line)
+    lines = two_class_lines(11 * 1024 * 1024, seed=11)
+    size = sum(map(len, lines))
     big = tmp_path / "big.csv"
     big.write_text("".join(lines))
 
@@ -388,16 +393,13 @@ def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
     rows = [",".join(line.split(",")[:3]) for line in lines[:50_000]]
     csv = tmp_path / "rows.csv"
     csv.write_text("\n".join(rows) + "\n")
-    before = browser.execute_script(
-        "return performance.getEntriesByType('resource')"
-        f".filter(e => e.name.endsWith('/models/{model_id}')).length")
+    predicting = f"e.name.endsWith('/models/{model_id}')"
+    before = _requests_made(browser, predicting)
     browser.find_element(By.ID, "csv-file").send_keys(str(csv))
     browser.find_element(By.ID, "csv-button").click()
     _wait(browser, lambda b: _text(b, "results-note") == "first 500 of 50000 rows",
           "the 50,000 predictions", timeout=120)
-    sent = browser.execute_script(
-        "return performance.getEntriesByType('resource')"
-        f".filter(e => e.name.endsWith('/models/{model_id}')).length") - before
+    sent = _requests_made(browser, predicting) - before
     assert sent == 3, f"{sent} predict requests for 50,000 rows"
     expected = stack.http.post(f"{stack.api}/models/{model_id}", data="\n".join(rows[:500]) + "\n",
                                headers={**headers, "Content-Type": "text/csv"}).json()
