@@ -28,11 +28,12 @@ def describe(endpoint: str) -> str:
 
 
 def start_moto(host: str, port: int, log_path: str = os.devnull,
-               timeout: float = 30.0) -> subprocess.Popen:
-    """Starts moto's server, logging to log_path, and waits until it answers."""
+               timeout: float = 30.0, module: str = "devstack.moto_server") -> subprocess.Popen:
+    """Starts moto's server (`python -m module`), logging to log_path, and
+    waits until it answers."""
     with open(log_path, "ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "devstack.moto_server", "-H", host, "-p", str(port)],
+            [sys.executable, "-m", module, "-H", host, "-p", str(port)],
             cwd=stage.PROJECT_DIR, stdout=log, stderr=subprocess.STDOUT, process_group=0,
         )
     deadline = time.monotonic() + timeout

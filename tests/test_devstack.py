@@ -181,3 +181,57 @@ def test_the_embedded_moto_answers_a_browsers_preflight_on_a_presigned_put(tmp_p
     finally:
         moto.terminate()
         moto.wait(timeout=10)
+
+
+def test_the_embedded_moto_serializes_conditional_writes_as_dynamodb_does(tmp_path, monkeypatch):
+    """Two duplicate deliveries both try to take a model's training lease at
+    once. DynamoDB applies conditional writes to one item one after the
+    other, so exactly one wins; moto's threaded server did not (both won in
+    about 1 of 300 contested updates). Here each condition is held open 50 ms
+    after it is evaluated, so without serialization both writes would pass it."""
+    import boto3
+
+    from chalicelib.aws import CLIENT_CONFIG
+    from chalicelib.config import Settings
+    from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
+    from devstack.emulator import start_moto
+    from devstack.ports import free_ports, stop_process
+
+    [port] = free_ports(1)
+    moto = start_moto("127.0.0.1", port, str(tmp_path / "moto.log"),
+                      module="tests.moto_held_conditions")
+    try:
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+        session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
+                                        region_name="us-east-1")
+        settings = Settings.from_env()
+        bootstrap.bootstrap(session, settings)
+
+        def registry() -> ModelRegistry:
+            return ModelRegistry(session.client("dynamodb", config=CLIENT_CONFIG), settings.table)
+
+        models = [f"model_race_{i}" for i in range(12)]
+        for model_id in models:
+            assert registry().create(ModelRecord(
+                model_id=model_id, task_id="t", status=Status.QUEUED, created_at=now_iso(),
+                n_rows=1, n_features=1, dataset_key=f"datasets/{model_id}.csv"))
+        winners: dict[str, list[str]] = {model_id: [] for model_id in models}
+        together = threading.Barrier(2)
+
+        def delivery(owner: str) -> None:
+            mine = registry()
+            for model_id in models:
+                together.wait(timeout=30)
+                if mine.start_training(model_id, owner, lease_seconds=60):
+                    winners[model_id].append(owner)
+
+        threads = [threading.Thread(target=delivery, args=(owner,)) for owner in ("a", "b")]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+        assert {model_id: len(owners) for model_id, owners in winners.items()} == \
+            {model_id: 1 for model_id in models}
+        assert all(registry().get(model_id).status == Status.TRAINING for model_id in models)
+    finally:
+        stop_process(moto, 10)

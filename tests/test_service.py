@@ -170,10 +170,15 @@ def test_an_expired_or_released_lease_can_be_taken_over(aws):
 
 
 def test_two_deliveries_at_once_train_once(aws, monkeypatch):
-    """Both trainers pass the first status read; the conditional lease decides."""
+    """Both deliveries read the model while it is still QUEUED, then both try
+    to take the training lease. DynamoDB serializes conditional writes to one
+    item, so one of them wins and the other must defer or skip. moto's
+    in-process backend takes no lock between threads, so the writes are
+    serialized here as DynamoDB does; which delivery wins is left to timing,
+    and either way the model is trained once."""
     import threading
 
-    from chalicelib import training
+    from chalicelib import aws as aws_clients, training
     from chalicelib.training import TrainingInProgress
 
     submission = components.service().submit(IRIS)
@@ -181,6 +186,8 @@ def test_two_deliveries_at_once_train_once(aws, monkeypatch):
     training_message = TrainingMessage.from_json(message["Body"])
     fits, both_read = [], threading.Barrier(2)
     real_get, real_fit = components.registry().get, training.fit_pipeline
+    dynamodb = aws_clients.client("dynamodb")
+    real_update, one_write_at_a_time = dynamodb.update_item, threading.Lock()
 
     def get_then_wait(model_id):
         record = real_get(model_id)
@@ -188,11 +195,16 @@ def test_two_deliveries_at_once_train_once(aws, monkeypatch):
             both_read.wait(timeout=10)
         return record
 
+    def serialized_update(**kwargs):
+        with one_write_at_a_time:
+            return real_update(**kwargs)
+
     def counting_fit(*args, **kwargs):
         fits.append(1)
         return real_fit(*args, **kwargs)
 
     monkeypatch.setattr(components.registry(), "get", get_then_wait)
+    monkeypatch.setattr(dynamodb, "update_item", serialized_update)
     monkeypatch.setattr(training, "fit_pipeline", counting_fit)
     outcomes = []
 
@@ -207,6 +219,7 @@ def test_two_deliveries_at_once_train_once(aws, monkeypatch):
         thread.start()
     for thread in threads:
         thread.join(timeout=30)
+    assert not both_read.broken, "a delivery did not read the model while it was QUEUED"
     assert sorted(outcomes) in (["already done", "ready"], ["deferred", "ready"])
     assert len(fits) == 1
     assert real_get(submission.model_id).status == Status.READY
