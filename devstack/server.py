@@ -23,6 +23,14 @@ from devstack import stage
 class NoDelayRequestHandler(ChaliceRequestHandler):
     disable_nagle_algorithm = True
 
+    def __getattr__(self, name: str):
+        # http.server answers a method it has no do_<METHOD> for (TRACE,
+        # CONNECT, any made-up one) with a 501 HTML page. API Gateway hands
+        # every method to the app, which answers 405 with Allow: do the same.
+        if name.startswith("do_"):
+            return self._generic_handle
+        raise AttributeError(name)
+
 
 class LocalApiServer(ThreadedHTTPServer):
     allow_reuse_address = True

@@ -646,3 +646,29 @@ def test_a_100_mb_csv_trains_through_a_presigned_upload(stack):
     assert status["status"] == READY, status
     assert (status["n_rows"], status["n_features"], status["classes"]) == (rows, 4, [0, 1, 2])
     assert status["metrics"]["accuracy"] > 0.6
+
+
+@pytest.mark.parametrize("method", ["TRACE", "CONNECT", "BREW"])
+def test_undeclared_methods_answer_405_with_allow_on_every_route(stack, method):
+    """http.server alone answers a method it has no handler for with a 501
+    HTML page; API Gateway hands it to the app, which answers 405 in JSON
+    naming the route's methods. Every route, TRACE, CONNECT and a made-up one."""
+    from urllib.parse import urlsplit
+
+    from app import app
+
+    address = urlsplit(stack.api)
+    for route, entries in app.routes.items():
+        path = route.replace("{model_id}", UNKNOWN_ID)
+        connection = http.client.HTTPConnection(address.hostname, address.port,
+                                                timeout=HTTP_TIMEOUT)
+        try:
+            connection.request(method, path)
+            answer = connection.getresponse()
+            body = answer.read()
+        finally:
+            connection.close()
+        assert answer.status == 405, (route, answer.status, body[:200])
+        assert answer.getheader("Content-Type") == "application/json", route
+        assert json.loads(body)["Message"] == f"Unsupported method: {method}"
+        assert set(answer.getheader("Allow").split(", ")) == set(entries), route
