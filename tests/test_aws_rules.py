@@ -49,10 +49,13 @@ def test_every_url_handed_out_is_signed_with_sigv4(aws):
     assert query["X-Amz-Credential"].split("/")[2:] == ["us-east-1", "s3", "aws4_request"]
     assert form["fields"]["x-amz-algorithm"] == "AWS4-HMAC-SHA256"
     assert "AWSAccessKeyId" not in form["fields"] and "signature" not in form["fields"]
+    sigv2 = sorted({"AWSAccessKeyId", "Signature", "signature"} & (set(query) | set(form["fields"])))
     record("Security: AWS rules", "Presigned requests",
            "took every URL the API hands out (artifact GET, upload form POST) and read "
            "how it is signed", 2,
-           f"{query['X-Amz-Algorithm']} for both; no SigV2 field (AWSAccessKeyId, Signature)")
+           f"artifact link {query['X-Amz-Algorithm']} "
+           f"({'/'.join(query['X-Amz-Credential'].split('/')[2:4])}), upload form "
+           f"{form['fields']['x-amz-algorithm']}; SigV2 fields: {sigv2 or 'none'}")
 
 
 @pytest.mark.parametrize("region", ["us-east-1", "eu-west-3"])

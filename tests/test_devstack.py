@@ -191,18 +191,21 @@ def test_the_embedded_moto_enforces_s3s_rules_for_presigned_requests(tmp_path):
             return http.post(form["url"], data={**form["fields"], **changes},
                              files={"file": ("k.csv", data)}, headers={"Origin": origin})
 
-        answers = {
-            "over the range": post(b"x" * 101), "empty": post(b""),
-            "another type": post(b"1,a\n", **{"Content-Type": "text/plain"}),
-            "an extra field": post(b"1,a\n", acl="public-read"),
-        }
-        assert [(a.status_code, a.text.split("<Code>")[1].split("<")[0])
-                for a in answers.values()] == [
-            (400, "EntityTooLarge"), (400, "EntityTooSmall"), (403, "AccessDenied"),
-            (403, "AccessDenied")]
-        assert s3.list_objects_v2(Bucket="uploads-test")["KeyCount"] == 0
+        def code(answer):
+            return f"{answer.status_code} {answer.text.split('<Code>')[1].split('<')[0]}"
+
         expired = s3.generate_presigned_post("uploads-test", "k.csv", ExpiresIn=-5)
-        assert "Policy expired" in post(b"1,a\n", form=expired).text
+        answers = {
+            "101 bytes": post(b"x" * 101), "0 bytes": post(b""),
+            "text/plain": post(b"1,a\n", **{"Content-Type": "text/plain"}),
+            "an extra field": post(b"1,a\n", acl="public-read"),
+            "expired": post(b"1,a\n", form=expired),
+        }
+        assert [code(a) for a in answers.values()] == [
+            "400 EntityTooLarge", "400 EntityTooSmall", "403 AccessDenied", "403 AccessDenied",
+            "403 AccessDenied"]
+        assert "Policy expired" in answers["expired"].text
+        assert s3.list_objects_v2(Bucket="uploads-test")["KeyCount"] == 0
 
         preflight = http.options(form["url"], headers={"Origin": origin,
                                                        "Access-Control-Request-Method": "POST"})
@@ -224,16 +227,20 @@ def test_the_embedded_moto_enforces_s3s_rules_for_presigned_requests(tmp_path):
         assert "AWSAccessKeyId=" in old_link
         refused = http.get(old_link)
         assert refused.status_code == 400 and "Please use AWS4-HMAC-SHA256" in refused.text
-        old_form = sigv2.generate_presigned_post("uploads-test", "k2.csv")
-        assert post(b"1,a\n", form=old_form).status_code == 400
+        old_form = post(b"1,a\n", form=sigv2.generate_presigned_post("uploads-test", "k2.csv"))
+        assert old_form.status_code == 400 and "Please use AWS4-HMAC-SHA256" in old_form.text
         assert http.get(s3.generate_presigned_url("get_object", Params={
             "Bucket": "uploads-test", "Key": "k.csv"})).content == b"1,a\n"
-        record("Security: AWS rules", "Upload size (local emulator)",
-               "POSTed presigned forms to the embedded moto: a file over the policy's "
-               "content-length-range, an empty one, another Content-Type, an extra field, an "
-               "expired form, a SigV2 form and link, then a good one", 8,
-               "EntityTooLarge, EntityTooSmall, AccessDenied x2, expired, InvalidRequest x2 "
-               "(SigV2); nothing stored until the good form (204, tagged, CORS headers)")
+        answers.update({"a SigV2 link": refused, "a SigV2 form": old_form})
+        tags = s3.get_object_tagging(Bucket="uploads-test", Key="k.csv")["TagSet"]
+        record("Security: AWS rules", "Upload forms (local emulator)",
+               "sent the embedded moto presigned forms its policy refuses (size range 1..100, "
+               "Content-Type, no extra field, expiry) and SigV2 requests, then a good form",
+               len(answers) + 1,
+               "; ".join(f"{name}: {code(answer)}" for name, answer in answers.items())
+               + f"; the good form: {stored.status_code}, stored only then, tagged "
+               f"{tags[0]['Key']}={tags[0]['Value']}, Access-Control-Allow-Origin "
+               f"{stored.headers['Access-Control-Allow-Origin']}")
     finally:
         moto.terminate()
         moto.wait(timeout=10)
