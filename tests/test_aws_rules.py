@@ -3,6 +3,7 @@ requests signed with SigV4, Lambda's 6 MB request payload, API keys on every
 deployed stage. (IAM, per function: tests/deploy/test_policy.py.)"""
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import subprocess
@@ -13,7 +14,7 @@ from chalice.deploy.swagger import SwaggerGenerator
 from chalice.test import Client
 
 from app import app
-from chalicelib import api, components
+from chalicelib import api, components, dashboard
 from chalicelib.security import ApiKeys
 from chalicelib.storage import PIPELINE_ARTIFACT
 from devstack import stage
@@ -73,6 +74,9 @@ def test_presigned_requests_go_to_the_buckets_own_region(aws, monkeypatch, regio
     assert urlsplit(link).netloc == host and urlsplit(form["url"]).netloc == host
     assert f"/{region}/s3/aws4_request" in _sigv4_query(link)["X-Amz-Credential"]
     assert f"/{region}/s3/aws4_request" in form["fields"]["x-amz-credential"]
+    # The dashboard's Content-Security-Policy lets the page POST there.
+    [source] = [origin for origin in dashboard._storage_origins().split() if "*" in origin]
+    assert fnmatch.fnmatch(f"https://{host}", source) and form["url"].startswith("https://")
 
 
 # --- Lambda's request payload --------------------------------------------------------
