@@ -51,13 +51,18 @@ publish-layer: layer
 secrets: venv
 	$(PY) -m infra.secrets --stage $(STAGE)
 
-# Pre-flight checks, then chalice deploy --stage $(STAGE), then its URL.
+# A deployed stage requires API keys; one configured with REQUIRE_API_KEY=false
+# is refused unless ALLOW_OPEN_API=yes (then deployed with a loud warning).
+OPEN_API_FLAG := $(if $(filter yes,$(ALLOW_OPEN_API)),--allow-open-api,)
+
+# Pre-flight checks, each function's policy rendered for the account, chalice
+# deploy --stage $(STAGE), the bucket's CORS origin, then its URL.
 deploy: venv
-	$(PY) -m infra.deploy --stage $(STAGE)
+	$(PY) -m infra.deploy --stage $(STAGE) $(OPEN_API_FLAG)
 
 # CloudFormation: chalice package --merge-template (infra/resources.json) + cfn-lint, in dist/package/.
 package: venv
-	$(PY) -m infra.package --stage $(STAGE)
+	$(PY) -m infra.package --stage $(STAGE) $(OPEN_API_FLAG)
 
 # chalice delete, then the queues; the bucket and table (the models) stay: see README.
 teardown: venv

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import re
 from typing import Callable
 
 import orjson
 from chalice import AuthResponse, Response
+from chalice.app import APIGateway
 
 from chalicelib import components, dashboard
 from chalicelib.aws import is_aws_failure
@@ -93,17 +95,48 @@ def _unavailable_on_aws_failure(handler: Callable[..., Response]) -> Callable[..
     return wrapper
 
 
-# API Gateway refuses requests over 10 MB; Lambda takes at most 6 MB in a
-# synchronous call. Checked before anything is parsed.
-TRAINING_BODY_LIMIT_BYTES = 10 * 1024 * 1024
-PREDICT_BODY_LIMIT_BYTES = 6 * 1024 * 1024
+# API Gateway accepts 10 MB, but hands the request to Lambda as a synchronous
+# invocation whose payload, the whole proxy event, holds at most 6 MB: over
+# that, Lambda refuses it ("Request must be smaller than 6291456 bytes") and
+# the client gets API Gateway's error instead of our 413. The body sits in
+# the event as a JSON string: as text, escaped, unless its Content-Type is one
+# of the API's binary media types (Chalice's defaults: application/octet-stream,
+# images, ...; not text/csv nor application/json), which arrive base64-encoded.
+LAMBDA_PAYLOAD_LIMIT_BYTES = 6 * 1024 * 1024
+# The rest of the event: headers and query string twice (headers and
+# multiValueHeaders; API Gateway caps the request line and headers at 10 KB),
+# requestContext, path and the like.
+EVENT_ALLOWANCE_BYTES = 64 * 1024
+# Both limits count bytes of the body as the event holds it (event_bytes()):
+# 6,225,920, about 5.7 MB of a CSV of short numeric rows (each newline is 2).
+TRAINING_BODY_LIMIT_BYTES = LAMBDA_PAYLOAD_LIMIT_BYTES - EVENT_ALLOWANCE_BYTES
+PREDICT_BODY_LIMIT_BYTES = TRAINING_BODY_LIMIT_BYTES
+BINARY_MEDIA_TYPES = tuple(APIGateway().default_binary_types)
+# No byte takes more than 6 in the event ('\u0001', or '\ufffd' for a byte
+# that is not UTF-8): bodies this small fit whatever they hold.
+_ALWAYS_FITS_BYTES = TRAINING_BODY_LIMIT_BYTES // 6
 
 
-def _too_large(body: bytes, limit: int, what: str) -> Response | None:
-    if len(body) <= limit:
+def event_bytes(body: bytes, content_type: str | None) -> int:
+    """The bytes `body` takes in the Lambda event, at most: base64 for a binary
+    media type; otherwise the JSON string of the body decoded as UTF-8, with
+    everything outside ASCII escaped (API Gateway may keep UTF-8 as it is,
+    which is shorter). The CLI and the dashboard count the same way."""
+    if _media_type(content_type) in BINARY_MEDIA_TYPES:
+        return 4 * -(-len(body) // 3)
+    return len(json.dumps(body.decode("utf-8", "replace"))) - 2
+
+
+def _too_large(body: bytes, content_type: str | None, limit: int, what: str,
+               advice: str) -> Response | None:
+    if len(body) <= _ALWAYS_FITS_BYTES:
         return None
-    return _text(413, f"The body is {len(body) / 2**20:.1f} MB; {what} is limited to "
-                      f"{limit // 2**20} MB.")
+    size = event_bytes(body, content_type)
+    if size <= limit:
+        return None
+    return _text(413, f"The body is {len(body) / 2**20:.2f} MB, {size / 2**20:.2f} MB as API "
+                      f"Gateway passes it to Lambda, which takes at most 6 MB per request: "
+                      f"{what} may take at most {limit / 2**20:.2f} MB there. {advice}")
 
 
 def authorize(presented: str | None) -> AuthResponse:
@@ -191,8 +224,9 @@ def _training_request(query: dict | None) -> tuple[float | None, TrainingOptions
 
 @_unavailable_on_aws_failure
 def create_model(content_type: str | None, body: bytes, query: dict | None = None) -> Response:
-    too_large = _too_large(body, TRAINING_BODY_LIMIT_BYTES,
-                           "training data sent to POST /models (API Gateway's request limit)")
+    too_large = _too_large(body, content_type, TRAINING_BODY_LIMIT_BYTES,
+                           "training data sent to POST /models",
+                           "Send larger datasets through POST /uploads.")
     if too_large:
         return too_large
     try:
@@ -212,8 +246,8 @@ def create_model(content_type: str | None, body: bytes, query: dict | None = Non
 
 @_unavailable_on_aws_failure
 def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
-    too_large = _too_large(body, PREDICT_BODY_LIMIT_BYTES,
-                           "a prediction request (Lambda's request payload limit)")
+    too_large = _too_large(body, content_type, PREDICT_BODY_LIMIT_BYTES,
+                           "a prediction request", "Send fewer rows per request.")
     if too_large:
         return too_large
     as_json = _media_type(content_type) == "application/json"

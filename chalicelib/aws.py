@@ -26,7 +26,24 @@ CLIENT_CONFIG = Config(
     retries={"mode": "standard", "total_max_attempts": 2},
 )
 
+# S3 gets two more settings, both for the presigned URLs and forms we hand out:
+# - Signature Version 4. botocore presigns S3 with SigV2 unless told otherwise,
+#   and S3 refuses SigV2 on buckets created after June 2020 (and in every
+#   region opened since 2014).
+# - Virtual-hosted addresses (bucket.s3.<region>.amazonaws.com). With the
+#   default, a bucket outside us-east-1 gets the global endpoint, which S3
+#   answers with a redirect while a new bucket's name spreads through DNS (up
+#   to a day), and a browser's CORS preflight cannot follow a redirect.
+#   botocore keeps path-style addresses for an endpoint that is an IP
+#   address, such as the local emulator's.
+S3_CONFIG = CLIENT_CONFIG.merge(Config(signature_version="s3v4",
+                                       s3={"addressing_style": "virtual"}))
+
 _lock = threading.Lock()
+
+
+def config_for(service: str) -> Config:
+    return S3_CONFIG if service == "s3" else CLIENT_CONFIG
 
 
 @functools.cache
@@ -48,7 +65,8 @@ class _LazyClient:
             # Sessions are not thread-safe while creating clients; the clients are.
             with _lock:
                 if self._client is None:
-                    self._client = _session().create_client(self._service, config=CLIENT_CONFIG)
+                    self._client = _session().create_client(self._service,
+                                                             config=config_for(self._service))
         return getattr(self._client, name)
 
 

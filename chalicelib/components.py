@@ -43,6 +43,7 @@ def service() -> ModelService:
         queue=TrainingQueue(aws.client("sqs"), settings().queue),
         predictor=Predictor(store(), settings().model_cache_size,
                             settings().model_recheck_seconds),
+        max_upload_bytes=settings().max_upload_bytes,
     )
 
 

@@ -11,6 +11,9 @@ from dataclasses import dataclass
 DEFAULT_BUCKET = "ml-api-dev-models"
 DEFAULT_TABLE = "ml-api-dev-models"
 DEFAULT_QUEUE = "ml-api-dev-training"
+# The largest dataset POST /uploads accepts (S3 enforces it). 1 GiB: the most
+# the trainer (3,008 MB, 900 s) is sized to read and fit; see docs/security.md.
+DEFAULT_MAX_UPLOAD_BYTES = 1024 ** 3
 
 # Read at import time because @app.on_sqs_message needs the queue name when
 # Chalice builds the deployment; keep it equal to the stage's TRAINING_QUEUE.
@@ -40,6 +43,12 @@ class Settings:
     # a second delivery of its message meanwhile does not train it again,
     # and after a crash the next delivery takes over once the lease ends.
     training_lease_seconds: float
+    # The size limit in the signed policy of every presigned upload form.
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES
+    # Browser origins allowed to upload to the bucket (its CORS rule); empty
+    # means the stage's own API (the dashboard's origin), which the deploy
+    # fills in. Read by infra, not by the functions.
+    upload_origins: tuple[str, ...] = ()
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -53,4 +62,8 @@ class Settings:
             model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
             model_recheck_seconds=float(os.environ.get("MODEL_RECHECK_SECONDS", "60")),
             training_lease_seconds=float(os.environ.get("TRAINING_LEASE_SECONDS", "900")),
+            max_upload_bytes=int(os.environ.get("MAX_UPLOAD_BYTES", DEFAULT_MAX_UPLOAD_BYTES)),
+            upload_origins=tuple(origin.strip() for origin in
+                                 os.environ.get("UPLOAD_ORIGINS", "").split(",")
+                                 if origin.strip()),
         )

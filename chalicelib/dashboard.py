@@ -7,10 +7,10 @@ data, so it is served without a key; everything it shows comes from routes
 that check one.
 
 The Content-Security-Policy allows exactly the page's inline style and
-script (by their SHA-256), requests to its own origin, and PUTs to S3's
-(files over API Gateway's 10 MB go to a presigned URL, as the CLI's do):
-text from the API (model ids, labels, error messages) is only ever set as
-text, and the policy refuses any script that would slip in anyway.
+script (by their SHA-256), requests to its own origin, and POSTs to S3's
+(a file too large for one request goes to a presigned S3 form, as the CLI's
+does): text from the API (model ids, labels, error messages) is only ever
+set as text, and the policy refuses any script that would slip in anyway.
 """
 from __future__ import annotations
 
@@ -37,8 +37,9 @@ def _hashes(page: str, tag: str) -> str:
 
 
 def _storage_origins() -> str:
-    """Where presigned upload URLs point: S3 in AWS, or the emulator that
-    AWS_ENDPOINT_URL(_S3) names (moto's server, LocalStack)."""
+    """Where presigned upload forms point: S3 in AWS (the bucket's virtual host,
+    bucket.s3.<region>.amazonaws.com), or the emulator that AWS_ENDPOINT_URL(_S3)
+    names (moto's server, LocalStack)."""
     origins = ["https://*.amazonaws.com"]
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
     if endpoint:

@@ -170,19 +170,31 @@ _SCHEMAS: dict[str, dict] = {
         },
     },
     "Upload": {
-        "description": "Where to PUT a dataset too large to post (over 10 MB); then "
-                     "POST /models with {\"upload_id\": ...} trains it.",
+        "description": "A presigned S3 POST for a dataset too large to post to the API "
+                       "(over about 5.9 MB: Lambda's 6 MB request limit): send a "
+                       "multipart/form-data POST to url with every field of fields, then the "
+                       "CSV as the form's last field, named file; then POST /models with "
+                       "{\"upload_id\": ...} trains it. (Earlier versions answered with a "
+                       "presigned PUT: method PUT, url and headers.)",
         "type": "object",
-        "required": ["upload_id", "method", "url", "headers", "expires_in"],
+        "required": ["upload_id", "method", "url", "fields", "max_bytes", "expires_in"],
         "additionalProperties": False,
         "properties": {
             "upload_id": {"type": "string", "pattern": _UPLOAD_ID_SHAPE},
-            "method": {"const": "PUT"},
-            "url": {"type": "string", "format": "uri", "description": "A presigned S3 URL."},
-            "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                        "description": "Headers the PUT must send (Content-Type: text/csv)."},
+            "method": {"const": "POST"},
+            "url": {"type": "string", "format": "uri",
+                    "description": "Where to POST the form (the bucket's S3 URL)."},
+            "fields": {"type": "object", "additionalProperties": {"type": "string"},
+                       "required": ["key", "policy", "Content-Type", "tagging"],
+                       "description": "The form fields, in this order, before the file: the "
+                                      "key, the signed policy (SigV4: x-amz-algorithm, "
+                                      "x-amz-credential, x-amz-date, x-amz-signature), "
+                                      "Content-Type text/csv and the upload's tag."},
+            "max_bytes": {"type": "integer", "minimum": 1,
+                          "description": "The largest file S3 accepts for this form "
+                                         "(the signed policy's content-length-range)."},
             "expires_in": {"type": "integer", "minimum": 1,
-                           "description": "Seconds the URL stays valid."},
+                           "description": "Seconds the form stays valid."},
         },
     },
     "UploadReference": {
@@ -222,8 +234,9 @@ _RESPONSES: dict[str, dict] = {
                       "provided is wrong. (Also for ids outside [A-Za-z0-9_-]{1,64}, for "
                       "expired and for deleted models.)"),
     "BadParameter": _text("Names the bad or unknown query parameter, or the bad token."),
-    "TooLarge": _text("The request body (training 10 MB, prediction 6 MB) or the answer "
-                      "(6 MB; it says how many rows fit) is too large."),
+    "TooLarge": _text("The request body or the answer is over Lambda's 6 MB. A body counts "
+                      "as API Gateway passes it to Lambda, as a JSON string (about 5.9 MB of "
+                      "CSV); an answer's text says how many rows fit."),
     "MissingApiKey": _text("No X-Api-Key header, while API keys are required."),
     "WrongApiKey": _text("An X-Api-Key that is not one of the accepted keys."),
     "Unavailable": _text(
@@ -317,8 +330,8 @@ _PATHS: dict[str, dict] = {
             "requestBody": {
                 "required": True,
                 "description": "CSV rows of numeric features with the label last; no header "
-                               "row unless header=true. Or, for a dataset PUT to the URL of "
-                               "POST /uploads, the upload's id as JSON: it is checked when it "
+                               "row unless header=true. Or, for a dataset sent to the form "
+                               "of POST /uploads, the upload's id as JSON: it is checked when it "
                                "is trained, and problems end in \"Training Failed\".",
                 "content": {"text/csv": {"schema": {"type": "string"},
                                          "example": _TRAINING_CSV},
@@ -357,10 +370,11 @@ _PATHS: dict[str, dict] = {
     "/uploads": {
         "post": {
             "operationId": "createUpload",
-            "summary": "A presigned URL (one hour) to PUT a dataset over API Gateway's 10 MB.",
+            "summary": "A presigned S3 form (one hour) to POST a dataset too large to "
+                       "post to the API.",
             "responses": {
-                "201": _json("PUT the CSV to url with headers, then POST /models with "
-                             "{\"upload_id\": ...}.", _schema("Upload")),
+                "201": _json("POST the fields, then the CSV as the file field, to url; then "
+                             "POST /models with {\"upload_id\": ...}.", _schema("Upload")),
                 **_EVERY_ROUTE,
             },
         },
@@ -428,8 +442,9 @@ _DOCUMENT: dict[str, Any] = {
         "responses": _RESPONSES,
         "securitySchemes": {
             "ApiKey": {"type": "apiKey", "in": "header", "name": "X-Api-Key",
-                       "description": "Needed where the stage requires API keys "
-                                      "(REQUIRE_API_KEY=true, prod); ignored elsewhere."},
+                       "description": "Needed wherever the service requires API keys: every "
+                                      "deployed stage, unless it opted out; local runs "
+                                      "only with REQUIRE_API_KEY=true."},
         },
     },
     # Optional: {} lets requests without a key through where keys are off.

@@ -102,6 +102,7 @@ def _conditional_failed(error: ClientError) -> bool:
 
 
 LISTING = "model"  # the by_created index's one partition: every model
+LISTING_INDEX = "by_created"
 
 
 MAX_TOKEN_LENGTH = 2048
@@ -236,7 +237,7 @@ class ModelRegistry:
         page (None after the last). Filtering happens after DynamoDB's limit,
         so a page may hold fewer than `limit` models while more follow."""
         start = _decode_token(token) if token else None
-        query = {"TableName": self._table, "IndexName": "by_created", "Limit": limit,
+        query = {"TableName": self._table, "IndexName": LISTING_INDEX, "Limit": limit,
                  "KeyConditionExpression": "listing = :listing",
                  "ExpressionAttributeValues": {":listing": {"S": LISTING}},
                  "ScanIndexForward": False}

@@ -80,8 +80,14 @@ class ArtifactSigner:
 
 
 def api_key_required() -> bool:
-    """REQUIRE_API_KEY=true (the prod stage) turns the X-Api-Key check on."""
-    return os.environ.get("REQUIRE_API_KEY", "false").lower() in ("1", "true", "yes")
+    """Whether X-Api-Key is checked: REQUIRE_API_KEY when it is set; unset, only
+    in a deployed Lambda function. So a deployed stage requires keys unless its
+    configuration says REQUIRE_API_KEY=false, which `make deploy` refuses
+    without an explicit opt-in; local runs (devstack) set it to false."""
+    value = os.environ.get("REQUIRE_API_KEY")
+    if value is None:
+        return "AWS_LAMBDA_FUNCTION_NAME" in os.environ  # set by the Lambda runtime
+    return value.strip().lower() in ("1", "true", "yes")
 
 
 class ApiKeys:
@@ -96,7 +102,7 @@ class ApiKeys:
 
     @classmethod
     def from_env(cls, ssm_client: Callable[[], object]) -> "ApiKeys":
-        """REQUIRE_API_KEY=true turns the check on; the accepted keys come from
+        """api_key_required() turns the check on; the accepted keys come from
         API_KEYS (comma-separated) or the SSM parameter named by API_KEYS_PARAMETER."""
         if not api_key_required():
             return cls(None)

@@ -10,6 +10,7 @@ import time
 import uuid
 from dataclasses import dataclass
 
+from chalicelib.config import DEFAULT_MAX_UPLOAD_BYTES
 from chalicelib.csvdata import parse_features, parse_training
 from chalicelib.jsoninput import parse_instances
 from chalicelib.logs import log
@@ -55,11 +56,13 @@ def new_model_id() -> str:
 
 class ModelService:
     def __init__(self, registry: ModelRegistry, store: ArtifactStore,
-                 queue: TrainingQueue, predictor: Predictor):
+                 queue: TrainingQueue, predictor: Predictor,
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
         self._registry = registry
         self._store = store
         self._queue = queue
         self._predictor = predictor
+        self._max_upload_bytes = max_upload_bytes
 
     def submit(self, body: bytes, ttl_hours: float | None = None,
                options: TrainingOptions = TrainingOptions()) -> Submission:
@@ -82,11 +85,13 @@ class ModelService:
         return Submission(model_id, task_id)
 
     def new_upload(self, expires_in: int = 3600) -> dict:
-        """Where to PUT a dataset too large to post; train it with submit_upload."""
+        """Where to POST a dataset too large to post to the API (a form: the
+        fields, then the file last); train it with submit_upload."""
         upload_id = "upload_" + secrets.token_hex(12)
-        return {"upload_id": upload_id, "method": "PUT",
-                "url": self._store.upload_url(upload_id, expires_in),
-                "headers": {"Content-Type": "text/csv"}, "expires_in": expires_in}
+        form = self._store.upload_form(upload_id, expires_in, self._max_upload_bytes)
+        return {"upload_id": upload_id, "method": "POST", "url": form["url"],
+                "fields": form["fields"], "max_bytes": self._max_upload_bytes,
+                "expires_in": expires_in}
 
     def submit_upload(self, upload_id: str, ttl_hours: float | None = None,
                       options: TrainingOptions = TrainingOptions()) -> Submission:
@@ -94,6 +99,9 @@ class ModelService:
         (it may be far larger than a request): problems end in "Training Failed"."""
         if not _UPLOAD_ID.fullmatch(upload_id):
             raise InvalidRequest("upload_id is not one POST /uploads handed out")
+        # Claimed first, so the lifecycle rule for abandoned uploads never takes
+        # a model's dataset. A missing upload is the trainer's to report.
+        self._store.claim_upload(upload_id)
         model_id, task_id = new_model_id(), str(uuid.uuid4())
         expires_at = None if ttl_hours is None else int(time.time() + ttl_hours * 3600)
         self._register_and_enqueue(ModelRecord(

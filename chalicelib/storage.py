@@ -11,19 +11,37 @@ PIPELINE_ARTIFACT = "model.pkl"
 SERVING_ARTIFACT = "serving.npz"
 
 
+DATASETS_PREFIX = "datasets/"
+MODELS_PREFIX = "models/"
+
+
 def dataset_key(model_id: str) -> str:
-    return f"datasets/{model_id}.csv"
+    return f"{DATASETS_PREFIX}{model_id}.csv"
 
 
 UPLOADS_PREFIX = "uploads/"
+# Every upload arrives tagged unclaimed (the POST form requires the tag), and
+# the bucket's lifecycle rule (infra/resources.json) deletes unclaimed uploads
+# after UNCLAIMED_UPLOAD_DAYS. POST /models {"upload_id"} claims one: it
+# becomes that model's dataset and stays until the model is deleted.
+UPLOAD_STATE_TAG = "ml-api-upload"
+UNCLAIMED, CLAIMED = "unclaimed", "claimed"
+UNCLAIMED_UPLOAD_DAYS = 1
+UPLOAD_CONTENT_TYPE = "text/csv"
 
 
 def upload_key(upload_id: str) -> str:
     return f"{UPLOADS_PREFIX}{upload_id}.csv"
 
 
+def _tagging(value: str) -> str:
+    """S3's XML form of the one tag, as a POST form's tagging field takes it."""
+    return (f"<Tagging><TagSet><Tag><Key>{UPLOAD_STATE_TAG}</Key><Value>{value}</Value>"
+            "</Tag></TagSet></Tagging>")
+
+
 def artifact_key(model_id: str, name: str) -> str:
-    return f"models/{model_id}/{name}"
+    return f"{MODELS_PREFIX}{model_id}/{name}"
 
 
 class ArtifactStore:
@@ -43,11 +61,31 @@ class ArtifactStore:
     def delete_dataset(self, key: str) -> None:
         self._s3.delete_object(Bucket=self._bucket, Key=key)
 
-    def upload_url(self, upload_id: str, expires_in: int) -> str:
-        """A presigned PUT for a dataset too large for API Gateway's 10 MB."""
-        return self._s3.generate_presigned_url(
-            "put_object", Params={"Bucket": self._bucket, "Key": upload_key(upload_id),
-                                  "ContentType": "text/csv"}, ExpiresIn=expires_in)
+    def upload_form(self, upload_id: str, expires_in: int, max_bytes: int) -> dict:
+        """A presigned POST ({"url", "fields"}) for a dataset too large to post
+        to the API. S3 checks the signed policy: at most `max_bytes` (a
+        presigned PUT cannot bound the size), text/csv, tagged unclaimed,
+        to this key only, within `expires_in` seconds. The form's fields go
+        first and the file last."""
+        fields = {"Content-Type": UPLOAD_CONTENT_TYPE, "tagging": _tagging(UNCLAIMED)}
+        conditions = [{name: value} for name, value in fields.items()]
+        conditions.append(["content-length-range", 1, max_bytes])
+        return self._s3.generate_presigned_post(
+            Bucket=self._bucket, Key=upload_key(upload_id), Fields=fields,
+            Conditions=conditions, ExpiresIn=expires_in)
+
+    def claim_upload(self, upload_id: str) -> bool:
+        """Exempts an upload from the lifecycle rule that deletes unclaimed ones.
+        False when there is no such upload (never sent, or already deleted)."""
+        try:
+            self._s3.put_object_tagging(
+                Bucket=self._bucket, Key=upload_key(upload_id),
+                Tagging={"TagSet": [{"Key": UPLOAD_STATE_TAG, "Value": CLAIMED}]})
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return False
+            raise
+        return True
 
     def sign(self, model_id: str, name: str, blob: bytes) -> str:
         return self._signer.sign(artifact_key(model_id, name), blob)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 from typing import Any, Callable
 
 import boto3
@@ -58,7 +59,7 @@ def _only(logical: str, kind: str, properties: dict, supported: set[str],
 def ensure_bucket(session, logical: str, props: dict) -> Attributes:
     _only(logical, "AWS::S3::Bucket", props,
           {"BucketName", "BucketEncryption", "PublicAccessBlockConfiguration",
-           "OwnershipControls", "CorsConfiguration"}, {"BucketName"})
+           "OwnershipControls", "CorsConfiguration", "LifecycleConfiguration"}, {"BucketName"})
     s3 = session.client("s3")
     name, region = props["BucketName"], session.region_name or "us-east-1"
     kwargs = {} if region == "us-east-1" else {
@@ -87,9 +88,14 @@ def ensure_bucket(session, logical: str, props: dict) -> Attributes:
             rules.append(rule)
         s3.put_bucket_encryption(Bucket=name,
                                  ServerSideEncryptionConfiguration={"Rules": rules})
+    # Without a CorsConfiguration (no browser origin known yet, see
+    # infra.definition.render) a rule set earlier, e.g. by `make deploy`, stays.
     if "CorsConfiguration" in props:
         s3.put_bucket_cors(Bucket=name, CORSConfiguration={"CORSRules": [
             _cors_rule(rule) for rule in props["CorsConfiguration"]["CorsRules"]]})
+    if "LifecycleConfiguration" in props:
+        s3.put_bucket_lifecycle_configuration(Bucket=name, LifecycleConfiguration={"Rules": [
+            _lifecycle_rule(rule) for rule in props["LifecycleConfiguration"]["Rules"]]})
     partition = session.get_partition_for_region(region)
     return {"Ref": name, "Arn": f"arn:{partition}:s3:::{name}"}
 
@@ -106,6 +112,43 @@ def _cors_rule(rule: dict) -> dict:
         raise DefinitionError(f"{definition.DEFINITION_PATH.name}: a CORS rule sets "
                               f"{', '.join(sorted(unknown))}, which devstack.bootstrap does not apply")
     return {_CORS_NAMES[name]: value for name, value in rule.items()}
+
+
+_LIFECYCLE_NAMES = {"Id", "Status", "Prefix", "TagFilters", "ExpirationInDays"}
+
+
+def _lifecycle_rule(rule: dict) -> dict:
+    """A CloudFormation lifecycle rule as the S3 API takes it (a Filter of the
+    prefix and the tags, And-ed)."""
+    unknown = set(rule) - _LIFECYCLE_NAMES
+    if unknown:
+        raise DefinitionError(f"{definition.DEFINITION_PATH.name}: a lifecycle rule sets "
+                              f"{', '.join(sorted(unknown))}, which devstack.bootstrap does "
+                              "not apply")
+    conditions = {}
+    if "Prefix" in rule:
+        conditions["Prefix"] = rule["Prefix"]
+    if rule.get("TagFilters"):
+        conditions["Tags"] = [{"Key": tag["Key"], "Value": tag["Value"]}
+                              for tag in rule["TagFilters"]]
+    if len(conditions) > 1:
+        selection = {"And": conditions}
+    elif "Tags" in conditions:
+        selection = {"Tag": conditions["Tags"][0]}
+    else:
+        selection = {"Prefix": conditions.get("Prefix", "")}
+    converted = {"ID": rule["Id"], "Status": rule["Status"], "Filter": selection}
+    if "ExpirationInDays" in rule:
+        converted["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    return converted
+
+
+def ensure_bucket_policy(session, logical: str, props: dict) -> Attributes:
+    _only(logical, "AWS::S3::BucketPolicy", props, {"Bucket", "PolicyDocument"},
+          {"Bucket", "PolicyDocument"})
+    session.client("s3").put_bucket_policy(Bucket=props["Bucket"],
+                                           Policy=json.dumps(props["PolicyDocument"]))
+    return {"Ref": props["Bucket"]}
 
 
 def _key_schema(schema: list[dict]) -> list[tuple[str, str]]:
@@ -210,15 +253,28 @@ def ensure_queue(session, logical: str, props: dict) -> Attributes:
 
 HANDLERS: dict[str, Callable[[Any, str, dict], Attributes]] = {
     "AWS::S3::Bucket": ensure_bucket,
+    "AWS::S3::BucketPolicy": ensure_bucket_policy,
     "AWS::DynamoDB::Table": ensure_table,
     "AWS::SQS::Queue": ensure_queue,
+}
+
+# What an emulator does not get, and why (docs/security.md).
+LEFT_OUT_ON_EMULATORS = {
+    "AWS::S3::BucketPolicy": (
+        "the TLS-only bucket policy: moto cannot evaluate aws:SecureTransport and, "
+        "with the policy in place, refuses every object request, over HTTP and "
+        "HTTPS alike (the local endpoint is plain HTTP anyway)"),
 }
 
 
 # --- CloudFormation's intrinsic functions, as far as the definition uses them ------
 
+# ${Logical}, ${Logical.Attribute} or ${AWS::Pseudo} in an Fn::Sub string.
+_SUB_VARIABLE = re.compile(r"\$\{([A-Za-z0-9:]+)(?:\.([A-Za-z0-9]+))?\}")
+
+
 def _references(value: Any) -> set[str]:
-    """The logical ids a value refers to (Ref, Fn::GetAtt)."""
+    """The logical ids a value refers to (Ref, Fn::GetAtt, Fn::Sub)."""
     if isinstance(value, list):
         return set().union(*(_references(item) for item in value))
     if not isinstance(value, dict):
@@ -227,6 +283,9 @@ def _references(value: Any) -> set[str]:
         return set() if value["Ref"].startswith("AWS::") else {value["Ref"]}
     if set(value) == {"Fn::GetAtt"}:
         return {value["Fn::GetAtt"][0]}
+    if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        return {match.group(1) for match in _SUB_VARIABLE.finditer(value["Fn::Sub"])
+                if not match.group(1).startswith("AWS::")}
     return set().union(*(_references(item) for item in value.values()))
 
 
@@ -250,17 +309,26 @@ def _resolve(value: Any, done: dict[str, Attributes], pseudo: dict[str, str]) ->
     if set(value) == {"Fn::GetAtt"}:
         logical, name = value["Fn::GetAtt"]
         return attribute(logical, name)
+    if set(value) == {"Fn::Sub"} and isinstance(value["Fn::Sub"], str):
+        return _SUB_VARIABLE.sub(lambda match: attribute(match.group(1),
+                                                         match.group(2) or "Ref"),
+                                 value["Fn::Sub"])
     intrinsic = [key for key in value if key.startswith("Fn::")]
     if intrinsic:
         raise DefinitionError(f"devstack.bootstrap does not evaluate {intrinsic[0]}; "
-                              "use Ref or Fn::GetAtt in infra/resources.json")
+                              "use Ref, Fn::GetAtt or Fn::Sub (a string) in "
+                              "infra/resources.json")
     return {key: _resolve(item, done, pseudo) for key, item in value.items()}
 
 
-def apply(session: boto3.session.Session, resources: dict[str, dict]) -> dict[str, Attributes]:
-    """Creates or updates every resource, each after those it refers to."""
+def apply(session: boto3.session.Session, resources: dict[str, dict],
+          leave_out: frozenset[str] = frozenset()) -> dict[str, Attributes]:
+    """Creates or updates every resource, each after those it refers to;
+    resources of a type in `leave_out` are skipped."""
     region = session.region_name or "us-east-1"
     pseudo = {"AWS::Region": region, "AWS::Partition": session.get_partition_for_region(region)}
+    resources = {logical: resource for logical, resource in resources.items()
+                 if resource.get("Type") not in leave_out}
     for logical, resource in resources.items():
         if resource.get("Type") not in HANDLERS:
             raise DefinitionError(f"{definition.DEFINITION_PATH.name}: {logical} has type "
@@ -280,18 +348,29 @@ def apply(session: boto3.session.Session, resources: dict[str, dict]) -> dict[st
     return done
 
 
+def is_emulator() -> bool:
+    """Whether boto3 is pointed at an emulator rather than AWS."""
+    return bool(os.environ.get("AWS_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL_S3"))
+
+
 def bootstrap(session: boto3.session.Session, settings: Settings,
-              visibility_timeout: int | None = None) -> dict[str, Attributes]:
+              visibility_timeout: int | None = None, *, upload_origins: list | None = None,
+              for_aws: bool = False) -> dict[str, Attributes]:
     """Creates what infra/resources.json defines, named after `settings`.
 
     `visibility_timeout` overrides the training queue's (6 x the trainer's
     Lambda timeout in the definition): locally a failed training should come
-    back within seconds or a minute, not 90 minutes.
+    back within seconds or a minute, not 90 minutes. `upload_origins` are the
+    browser origins allowed to send upload forms (see definition.render).
+    Resources of LEFT_OUT_ON_EMULATORS' types are created only `for_aws`,
+    which the command line sets when AWS_ENDPOINT_URL is not (the local stack
+    and the tests call this function, on emulators).
     """
-    resources = definition.render(settings)["Resources"]
+    resources = definition.render(settings, upload_origins=upload_origins)["Resources"]
     if visibility_timeout is not None:
         resources[TRAINING_QUEUE]["Properties"]["VisibilityTimeout"] = visibility_timeout
-    return apply(session, resources)
+    return apply(session, resources,
+                 frozenset() if for_aws else frozenset(LEFT_OUT_ON_EMULATORS))
 
 
 # --- teardown ----------------------------------------------------------------------
@@ -331,6 +410,8 @@ def teardown(session: boto3.session.Session, settings: Settings,
                 s3 = session.client("s3")
                 _empty_bucket(s3, props["BucketName"])
                 s3.delete_bucket(Bucket=props["BucketName"])
+            elif kind == "AWS::S3::BucketPolicy":
+                continue  # goes with its bucket (both Retain)
             else:
                 raise DefinitionError(f"teardown does not know how to delete {kind} ({logical})")
         except ClientError as error:
@@ -359,6 +440,11 @@ def main() -> None:
                         help="delete the queues instead (and with --including-data the "
                              "bucket, emptied, and the table)")
     parser.add_argument("--including-data", action="store_true")
+    parser.add_argument("--upload-origin", action="append", dest="upload_origins",
+                        metavar="ORIGIN",
+                        help="a browser origin allowed to send upload forms to the bucket "
+                             "(repeatable; default: the stage's UPLOAD_ORIGINS; `make deploy` "
+                             "sets the API's own)")
     args = parser.parse_args()
     stage.apply(args.stage)
     settings = Settings.from_env()
@@ -373,7 +459,11 @@ def main() -> None:
         return
     visibility = (args.visibility_timeout if args.visibility_timeout is not None
                   else _default_visibility_timeout())
-    done = bootstrap(session, settings, visibility)
+    done = bootstrap(session, settings, visibility, upload_origins=args.upload_origins,
+                     for_aws=not is_emulator())
+    if is_emulator():
+        for reason in LEFT_OUT_ON_EMULATORS.values():
+            print(f"left out on an emulator: {reason}")
     attributes = session.client("sqs").get_queue_attributes(
         QueueUrl=done[TRAINING_QUEUE]["Ref"], AttributeNames=["VisibilityTimeout"])["Attributes"]
     print(f"ready in {where}: bucket {settings.bucket}, table {settings.table}, "

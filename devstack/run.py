@@ -38,7 +38,8 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise SystemExit(f"{what} did not answer on {HOST}:{port} within {timeout:.0f} s")
 
 
-def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout: int) -> None:
+def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout: int,
+                             upload_origins: list[str]) -> None:
     """An emulator that restarted comes back empty (its state lives in memory):
     create the resources again so the API works without a restart."""
     try:
@@ -47,7 +48,8 @@ def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout
         if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
             return
         try:
-            bootstrap.bootstrap(session, settings, visibility_timeout)
+            bootstrap.bootstrap(session, settings, visibility_timeout,
+                                upload_origins=upload_origins)
         except (BotoCoreError, ClientError) as failure:  # down again: try at the next check
             print(f"Recreating the resources failed ({failure}); trying again.",
                   file=sys.stderr, flush=True)
@@ -109,7 +111,10 @@ def main() -> None:
         # after a crash would find it still held.
         os.environ.setdefault("TRAINING_LEASE_SECONDS", str(max(1, args.visibility_timeout - 1)))
         settings = Settings.from_env()
-        bootstrap.bootstrap(session, settings, args.visibility_timeout)
+        # The dashboard, served by the API, sends upload forms to the emulator.
+        origins = list(settings.upload_origins) or [f"http://{HOST}:{args.port}",
+                                                    f"http://localhost:{args.port}"]
+        bootstrap.bootstrap(session, settings, args.visibility_timeout, upload_origins=origins)
         print(f"Resources: bucket {settings.bucket}, table {settings.table}, "
               f"queue {settings.queue} (dead letters: {settings.dead_letter_queue})", flush=True)
 
@@ -136,7 +141,8 @@ def main() -> None:
                           "stopping", file=sys.stderr, flush=True)
                     stopping = True
             if not stopping and time.monotonic() > next_check:
-                _recreate_lost_resources(s3, session, settings, args.visibility_timeout)
+                _recreate_lost_resources(s3, session, settings, args.visibility_timeout,
+                                         origins)
                 next_check = time.monotonic() + RESOURCE_CHECK_SECONDS
             time.sleep(0.2)
     finally:

@@ -31,9 +31,14 @@ def deployed_settings(stage: str = "dev"):
         return Settings.from_env()
 
 
+# What a local run sets unless the caller did: a deployed stage requires API
+# keys (chalicelib.security.api_key_required), a local run does not.
+LOCAL_DEFAULTS = {"REQUIRE_API_KEY": "false"}
+
+
 def apply(stage: str = "dev", endpoint: str | None = None) -> None:
     """Sets what the app reads, keeping anything the caller already set."""
-    for name, value in stage_environment(stage).items():
+    for name, value in {**stage_environment(stage), **LOCAL_DEFAULTS}.items():
         os.environ.setdefault(name, value)
     if endpoint:
         os.environ["AWS_ENDPOINT_URL"] = endpoint

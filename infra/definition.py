@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from chalicelib import storage
 from chalicelib.config import Settings
 
 DEFINITION_PATH = Path(__file__).resolve().with_name("resources.json")
@@ -36,6 +37,12 @@ def variables(settings: Settings) -> dict[str, Any]:
         # SQS dead-letters a message on this receive; the trainer marks the
         # model failed on the same one, so the two must agree.
         "TRAINING_MAX_RECEIVES": settings.max_receives,
+        # The lifecycle rule for abandoned uploads, in chalicelib.storage's terms.
+        "UPLOADS_PREFIX": storage.UPLOADS_PREFIX,
+        "UPLOAD_STATE_TAG": storage.UPLOAD_STATE_TAG,
+        "UPLOAD_UNCLAIMED": storage.UNCLAIMED,
+        "UNCLAIMED_UPLOAD_DAYS": storage.UNCLAIMED_UPLOAD_DAYS,
+        "UPLOAD_ORIGINS": list(settings.upload_origins),
     }
 
 
@@ -48,11 +55,11 @@ def load(path: Path = DEFINITION_PATH) -> dict:
     return definition
 
 
-def _fill(value: Any, names: dict[str, Any], where: str) -> Any:
+def fill(value: Any, names: dict[str, Any], where: str) -> Any:
     if isinstance(value, dict):
-        return {key: _fill(item, names, f"{where}.{key}") for key, item in value.items()}
+        return {key: fill(item, names, f"{where}.{key}") for key, item in value.items()}
     if isinstance(value, list):
-        return [_fill(item, names, f"{where}[{i}]") for i, item in enumerate(value)]
+        return [fill(item, names, f"{where}[{i}]") for i, item in enumerate(value)]
     if not isinstance(value, str) or "{{" not in value:
         return value
 
@@ -68,6 +75,21 @@ def _fill(value: Any, names: dict[str, Any], where: str) -> Any:
     return _PLACEHOLDER.sub(lambda match: str(lookup(match.group(1))), value)
 
 
-def render(settings: Settings, path: Path = DEFINITION_PATH) -> dict:
-    """The definition with the placeholders filled from `settings`."""
-    return _fill(copy.deepcopy(load(path)), variables(settings), path.name)
+def render(settings: Settings, path: Path = DEFINITION_PATH,
+           upload_origins: list | None = None) -> dict:
+    """The definition with the placeholders filled from `settings`.
+
+    The bucket's CORS rule lets browsers on `upload_origins` (else the stage's
+    UPLOAD_ORIGINS) send upload forms. With neither, the rule is left out:
+    only the caller knows the API's own origin (infra.package refers to the
+    stack's API, infra.deploy sets it once the API exists, devstack.run
+    passes the local API's)."""
+    names = variables(settings)
+    if upload_origins is not None:
+        names["UPLOAD_ORIGINS"] = list(upload_origins)
+    rendered = fill(copy.deepcopy(load(path)), names, path.name)
+    if not names["UPLOAD_ORIGINS"]:
+        for resource in rendered["Resources"].values():
+            if resource.get("Type") == "AWS::S3::Bucket":
+                resource.get("Properties", {}).pop("CorsConfiguration", None)
+    return rendered

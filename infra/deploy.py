@@ -2,8 +2,14 @@
 
 Chalice would happily deploy functions without their layer, against a queue
 that does not exist or whose visibility timeout is shorter than the trainer's
-timeout, or with no signing key to read. Each of those fails later and
-vaguely; here they fail first, all listed, each with the step that fixes it.
+timeout, with no signing key to read, or an API that anyone may use. Each of
+those fails later and vaguely (or not at all); here they fail first, all
+listed, each with the step that fixes it.
+
+Then it renders each function's policy for the account and region it deploys
+to (infra.policies), runs `chalice deploy`, and lets the new API's origin
+(where the dashboard is served) send upload forms to the bucket, unless the
+stage names its own UPLOAD_ORIGINS.
 
     python -m infra.deploy --stage prod            # checks, then chalice deploy
     python -m infra.deploy --stage prod --check    # checks only
@@ -15,13 +21,14 @@ import re
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-from devstack import stage as stages
+from devstack import bootstrap, stage as stages
+from infra import definition, policies, secrets
 from infra import layer as layers
-from infra import secrets
 from infra.package import CHALICE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -119,30 +126,81 @@ def _resource_problems(session, stage: str, project_dir: Path) -> list[str]:
     return problems
 
 
+def _access_problems(stage: str, allow_open_api: bool, project_dir: Path) -> list[str]:
+    problems = [problem for problem in [secrets.open_api_problem(stage, allow_open_api)]
+                if problem]
+    for function in policies.functions():
+        try:
+            policies.policy_file(stage, function, project_dir)
+        except policies.PolicyError as error:
+            problems.append(str(error))
+    return problems
+
+
 def preflight(session: boto3.session.Session, stage: str,
-              project_dir: Path = PROJECT_DIR) -> list[str]:
-    """Everything that would make `chalice deploy --stage` deploy something broken."""
-    return (check_requirements(project_dir) + _layer_problems(session, stage, project_dir)
+              project_dir: Path = PROJECT_DIR, allow_open_api: bool = False) -> list[str]:
+    """Everything that would make `chalice deploy --stage` deploy something broken
+    or open to anyone."""
+    return (check_requirements(project_dir) + _access_problems(stage, allow_open_api, project_dir)
+            + _layer_problems(session, stage, project_dir)
             + _resource_problems(session, stage, project_dir))
+
+
+def render_policies(session: boto3.session.Session, stage: str,
+                    project_dir: Path = PROJECT_DIR) -> list[Path]:
+    """Each function's policy, for the account and region of `session`."""
+    region = session.region_name or "us-east-1"
+    account = session.client("sts").get_caller_identity()["Account"]
+    return policies.write(stage, account=account, region=region,
+                          partition=session.get_partition_for_region(region),
+                          project_dir=project_dir)
+
+
+def origin_of(url: str) -> str:
+    parts = urlsplit(url.strip())
+    return f"{parts.scheme}://{parts.netloc}"
+
+
+def allow_uploads_from(session: boto3.session.Session, stage: str, api_url: str) -> list[str]:
+    """The bucket's CORS rule for the stage's UPLOAD_ORIGINS, else for the
+    deployed API's origin (the dashboard's). Returns the origins."""
+    settings = stages.deployed_settings(stage)
+    origins = list(settings.upload_origins) or [origin_of(api_url)]
+    bucket = definition.render(settings, upload_origins=origins)["Resources"]["ModelsBucket"]
+    bootstrap.apply(session, {"ModelsBucket": bucket})
+    return origins
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--check", action="store_true", help="only run the checks")
+    parser.add_argument("--allow-open-api", action="store_true",
+                        help="deploy a stage that does not require API keys (anyone may use it)")
+    parser.add_argument("--project-dir", type=Path, default=PROJECT_DIR, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    session = boto3.session.Session()
     try:
-        problems = preflight(boto3.session.Session(), args.stage)
+        problems = preflight(session, args.stage, args.project_dir, args.allow_open_api)
     except BotoCoreError as error:  # no credentials, no network, unknown region
         raise SystemExit(f"cannot check stage {args.stage} in AWS: {error}") from None
     if problems:
         raise SystemExit(f"not deploying stage {args.stage}:\n- " + "\n- ".join(problems))
+    secrets.warn_open_api(args.stage)
     print(f"stage {args.stage}: layer, resources and secrets are in place")
     if args.check:
         return
-    chalice = [*CHALICE, "--project-dir", str(PROJECT_DIR)]
-    subprocess.run([*chalice, "deploy", "--stage", args.stage], check=True)
-    subprocess.run([*chalice, "url", "--stage", args.stage], check=True)
+    for path in render_policies(session, args.stage, args.project_dir):
+        print(f"rendered {path.relative_to(args.project_dir)}")
+    chalice = [*CHALICE, "--project-dir", str(args.project_dir)]
+    deployed = subprocess.run([*chalice, "deploy", "--stage", args.stage])
+    if deployed.returncode:
+        raise SystemExit(f"chalice deploy failed (exit code {deployed.returncode}); see above")
+    url = subprocess.run([*chalice, "url", "--stage", args.stage], check=True,
+                         capture_output=True, text=True).stdout.strip()
+    origins = allow_uploads_from(session, args.stage, url)
+    print(f"bucket CORS: upload forms from {', '.join(origins)}")
+    print(url)
 
 
 if __name__ == "__main__":

@@ -1,8 +1,10 @@
 """Which IAM actions the shipped code needs, found by reading it.
 
-The Lambda role's policy (.chalice/policy-<stage>.json, autogen_policy off)
-must grant exactly these plus what Lambda itself does on the functions' behalf
-(RUNTIME_ACTIONS). tests/deploy/test_policy.py compares the two both ways.
+The functions' policies (infra/policies.json, one per function, autogen_policy
+off) must grant these between them, plus what Lambda itself does on the
+functions' behalf (RUNTIME_ACTIONS). tests/deploy/test_policy.py compares the
+two both ways, and runs each function to check every call it really makes
+(with the keys it builds at run time) against that function's own policy.
 
 The scan: every `client("x")` / `resource("x")` in app.py and chalicelib/
 names a service; every call `<anything>.<method>(...)` whose method is an
@@ -10,6 +12,10 @@ operation of one of those services (or a multi-word action of its boto3
 resources, e.g. Table.put_item) is an API call. Clients are injected across
 modules, so calls are not tied to a particular variable; a method name that
 two services in use share is reported as ambiguous rather than guessed.
+Presigned requests count too: S3 serves them with the permissions of whoever
+signed them, so `generate_presigned_url("get_object", ...)` needs
+s3:GetObject and `generate_presigned_post(...)` s3:PutObject (and
+s3:PutObjectTagging when its form sets tags, which only running it shows).
 
     python -m infra.iam        # prints the actions and where each is used
 """
@@ -39,15 +45,19 @@ _S3_ACTIONS = {
     "GetObject": ["s3:GetObject", "s3:ListBucket"],
 }
 
-# Granted for Lambda's own use of the role, not for calls in the code.
-RUNTIME_ACTIONS = {
-    "sqs:ReceiveMessage": "the SQS event source mapping polls the training queue",
-    "sqs:DeleteMessage": "the event source mapping deletes a message the trainer handled",
-    "sqs:GetQueueAttributes": "the event source mapping reads the queue's settings",
-    "logs:CreateLogGroup": "Lambda writes the functions' logs",
-    "logs:CreateLogStream": "Lambda writes the functions' logs",
-    "logs:PutLogEvents": "Lambda writes the functions' logs",
+# Granted for Lambda's own use of a role, not for calls in the code: every
+# function's logs, and the polling of a function with an SQS event source.
+LOG_ACTIONS = {
+    "logs:CreateLogGroup": "Lambda writes the function's logs",
+    "logs:CreateLogStream": "Lambda writes the function's logs",
+    "logs:PutLogEvents": "Lambda writes the function's logs",
 }
+SQS_EVENT_SOURCE_ACTIONS = {
+    "sqs:ReceiveMessage": "the SQS event source mapping polls the queue",
+    "sqs:DeleteMessage": "the event source mapping deletes a message the function handled",
+    "sqs:GetQueueAttributes": "the event source mapping reads the queue's settings",
+}
+RUNTIME_ACTIONS = {**SQS_EVENT_SOURCE_ACTIONS, **LOG_ACTIONS}
 
 
 @dataclass(frozen=True)
@@ -55,9 +65,25 @@ class Call:
     method: str
     path: str
     line: int
+    presigned: bool = False
 
     def __str__(self) -> str:
-        return f"{self.path}:{self.line} .{self.method}()"
+        what = f"presigned {self.method}" if self.presigned else f".{self.method}()"
+        return f"{self.path}:{self.line} {what}"
+
+
+# A presigned POST is an S3 PutObject sent by the browser or the CLI.
+PRESIGNED_POST_METHOD = "put_object"
+
+
+def _presigned_method(node: ast.Call, where: str) -> str:
+    """The client method a generate_presigned_url call presigns."""
+    argument = node.args[0] if node.args else next(
+        (keyword.value for keyword in node.keywords if keyword.arg == "ClientMethod"), None)
+    if not (isinstance(argument, ast.Constant) and isinstance(argument.value, str)):
+        raise AmbiguousCall(f"{where}: generate_presigned_url's ClientMethod is not a "
+                            "string literal; infra/iam.py cannot tell what it presigns")
+    return argument.value
 
 
 def shipped_sources(project_dir: Path = PROJECT_DIR) -> list[Path]:
@@ -80,8 +106,14 @@ def _parse(paths: list[Path], project_dir: Path) -> tuple[set[tuple[str, str]], 
                     and isinstance(node.args[0].value, str)):
                 services.add((name, node.args[0].value))
             if isinstance(node.func, ast.Attribute):
-                calls.append(Call(node.func.attr, str(path.relative_to(project_dir)),
-                                  node.lineno))
+                where = str(path.relative_to(project_dir))
+                if node.func.attr == "generate_presigned_url":
+                    method = _presigned_method(node, f"{where}:{node.lineno}")
+                    calls.append(Call(method, where, node.lineno, presigned=True))
+                elif node.func.attr == "generate_presigned_post":
+                    calls.append(Call(PRESIGNED_POST_METHOD, where, node.lineno, presigned=True))
+                else:
+                    calls.append(Call(node.func.attr, where, node.lineno))
     return services, calls
 
 
@@ -111,7 +143,8 @@ def _resource_models(session: boto3.session.Session, service: str) -> list[Resou
     return [ResourceModel(name, spec, resources) for name, spec in resources.items()]
 
 
-def _iam_actions(prefix: str, operation: str) -> list[str]:
+def iam_actions(prefix: str, operation: str) -> list[str]:
+    """The IAM actions an API operation needs (prefix: the service's signing name)."""
     if prefix == "s3":
         return _S3_ACTIONS.get(operation, [f"s3:{operation}"])
     return [f"{prefix}:{operation}"]
@@ -119,6 +152,12 @@ def _iam_actions(prefix: str, operation: str) -> list[str]:
 
 class AmbiguousCall(ValueError):
     pass
+
+
+def call_sites(project_dir: Path = PROJECT_DIR) -> list[Call]:
+    """Every call in the shipped code that reaches AWS (the scan's findings)."""
+    return sorted({call for calls in required_actions(project_dir).values() for call in calls},
+                  key=lambda call: (call.path, call.line))
 
 
 def required_actions(project_dir: Path = PROJECT_DIR) -> dict[str, list[Call]]:
@@ -134,7 +173,7 @@ def required_actions(project_dir: Path = PROJECT_DIR) -> dict[str, list[Call]]:
             raise AmbiguousCall(f"{call}: {sorted(targets)} all have this method; "
                                 "infra/iam.py cannot tell which one the code calls")
         for prefix, operation in targets:
-            for action in _iam_actions(prefix, operation):
+            for action in iam_actions(prefix, operation):
                 actions[action].append(call)
     return dict(actions)
 

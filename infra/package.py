@@ -13,7 +13,13 @@ corrections of Chalice's part:
   throttled receives would count towards the 3 that send a message to the
   dead-letter queue without the trainer ever seeing it;
 - the API function's log group refers to the function by its real logical id
-  (Chalice 1.34 writes ${ApiHandler}, the function is APIHandler).
+  (Chalice 1.34 writes ${ApiHandler}, the function is APIHandler);
+- the bucket's CORS rule lets the stack's own API (the dashboard's origin)
+  send upload forms, unless the stage names UPLOAD_ORIGINS.
+Each function's policy is rendered for CloudFormation first (infra.policies):
+its ARNs carry ${AWS::AccountId} and ${AWS::Region}, made Fn::Sub in the
+template, so the roles are scoped to the stack's account and region.
+A stage that does not require API keys is refused unless allow_open_api.
 """
 from __future__ import annotations
 
@@ -28,7 +34,7 @@ from pathlib import Path
 from chalice.utils import to_cfn_resource_name
 
 from devstack import stage as stages
-from infra import definition
+from infra import definition, policies, secrets
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 PACKAGE_DIR = PROJECT_DIR / "dist" / "package"
@@ -54,8 +60,14 @@ def _chalice_scope(project_dir: Path, stage: str, function: str):
     return config.scope(stage, function)
 
 
+# The stack's API, where the dashboard is served from (Chalice's RestAPI).
+API_ORIGIN = {"Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}
+
+
 def merge_template(stage: str, project_dir: Path = PROJECT_DIR) -> dict:
-    template = definition.render(stages.deployed_settings(stage))
+    settings = stages.deployed_settings(stage)
+    template = definition.render(settings,
+                                 upload_origins=list(settings.upload_origins) or [API_ORIGIN])
     trainer = to_cfn_resource_name(TRAINER)
     # Chalice writes {"Fn::Sub": "arn:...:<queue name>"}; the merge is deep, so
     # only the same key replaces it (a Fn::GetAtt would sit beside it).
@@ -81,13 +93,17 @@ def layers_of(stage: str, project_dir: Path = PROJECT_DIR) -> list[str]:
 
 
 def package(stage: str, out_dir: Path | None = None, project_dir: Path = PROJECT_DIR,
-            require_layer: bool = True) -> Path:
+            require_layer: bool = True, allow_open_api: bool = False) -> Path:
     """Runs chalice package for `stage` into out_dir; returns the template's path."""
     if require_layer and not layers_of(stage, project_dir):
         raise PackageError(
             f"stage {stage} has no layer in .chalice/config.json, so its functions would "
             f"miss numpy, scipy and scikit-learn: run `make publish-layer STAGE={stage} "
             "DEPLOY_BUCKET=<bucket>` first")
+    open_api = secrets.open_api_problem(stage, allow_open_api)
+    if open_api:
+        raise PackageError(open_api)
+    policies.write(stage, project_dir=project_dir, **policies.CLOUDFORMATION)
     out_dir = Path(out_dir or PACKAGE_DIR / stage)
     merge = out_dir.parent / f"{out_dir.name}-merge-template.json"
     merge.parent.mkdir(parents=True, exist_ok=True)
@@ -104,7 +120,12 @@ def package(stage: str, out_dir: Path | None = None, project_dir: Path = PROJECT
     if "Could not install dependencies" in output:
         raise PackageError(f"chalice package could not vendor every dependency:\n{output}")
     template_path = out_dir / "sam.json"
-    _check_merged(json.loads(template_path.read_text()))
+    template = json.loads(template_path.read_text())
+    _check_merged(template)
+    if not policies.substitute_pseudo_parameters(template):
+        raise PackageError("no role policy in the template names ${AWS::AccountId} or "
+                           "${AWS::Region}: did Chalice read the rendered policy files?")
+    template_path.write_text(json.dumps(template, indent=2) + "\n")
     return template_path
 
 
@@ -130,9 +151,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--out", type=Path, help="default: dist/package/<stage>")
+    parser.add_argument("--allow-open-api", action="store_true",
+                        help="package a stage that does not require API keys")
     args = parser.parse_args()
+    if args.allow_open_api:
+        secrets.warn_open_api(args.stage)
     try:
-        template = package(args.stage, args.out)
+        template = package(args.stage, args.out, allow_open_api=args.allow_open_api)
     except PackageError as error:
         raise SystemExit(str(error)) from None
     findings = lint(template)

@@ -2,7 +2,9 @@
 
 - MODEL_SIGNING_KEY_PARAMETER: the key that signs model artifacts;
 - API_KEYS_PARAMETER: the accepted X-Api-Key values (comma-separated), on
-  stages with REQUIRE_API_KEY=true.
+  every stage that requires API keys: all of them, unless the stage's
+  configuration says REQUIRE_API_KEY=false (an open API, which `make deploy`
+  and `make package` refuse without ALLOW_OPEN_API=yes).
 
 Both are SecureStrings under the account's default aws/ssm key, which the
 functions may decrypt through SSM without a KMS grant in their policy (a
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import secrets as random
+import sys
 
 import boto3
 
@@ -24,13 +27,39 @@ from devstack import stage as stages
 _TRUE = ("1", "true", "yes")
 
 
+def requires_api_keys(stage: str) -> bool:
+    """What the stage's functions do once deployed (chalicelib.security): keys
+    are required unless the configuration sets REQUIRE_API_KEY to false."""
+    value = stages.stage_environment(stage).get("REQUIRE_API_KEY")
+    return value is None or value.strip().lower() in _TRUE
+
+
+def open_api_problem(stage: str, allow_open_api: bool) -> str | None:
+    """Why deploying `stage` must stop, if it would publish an API anyone can use."""
+    if requires_api_keys(stage) or allow_open_api:
+        return None
+    return (f"stage {stage} sets REQUIRE_API_KEY=false in .chalice/config.json: deployed, its "
+            "API would train, serve and delete models for anyone on the internet. Remove "
+            "that setting (a deployed stage requires X-Api-Key by default), or, if that is "
+            "really what you want, deploy with ALLOW_OPEN_API=yes (--allow-open-api)")
+
+
+def warn_open_api(stage: str) -> None:
+    if requires_api_keys(stage):
+        return
+    bar = "!" * 78
+    print(f"{bar}\nWARNING: stage {stage} is deployed WITHOUT API keys (ALLOW_OPEN_API).\n"
+          "Anyone who finds its URL can train, use and delete every model and run up the\n"
+          f"account's Lambda, S3 and DynamoDB bill.\n{bar}", file=sys.stderr, flush=True)
+
+
 def wanted(stage: str) -> dict[str, str]:
     """SSM parameter name -> what it holds, for the stage."""
     env = stages.stage_environment(stage)
     names = {}
     if env.get("MODEL_SIGNING_KEY_PARAMETER"):
         names[env["MODEL_SIGNING_KEY_PARAMETER"]] = "model-signing key"
-    if env.get("REQUIRE_API_KEY", "false").lower() in _TRUE:
+    if requires_api_keys(stage):
         if not env.get("API_KEYS_PARAMETER"):
             raise SystemExit(f"stage {stage} requires API keys but sets no API_KEYS_PARAMETER "
                              "in .chalice/config.json")
@@ -38,8 +67,8 @@ def wanted(stage: str) -> dict[str, str]:
     prefix = f"/ml-api/{stage}/"
     for name in names:
         if not name.startswith(prefix):
-            raise SystemExit(f"{name} is outside {prefix}*, the only parameters the "
-                             f"functions may read (.chalice/policy-{stage}.json)")
+            raise SystemExit(f"{name} is outside {prefix}*, where the stage's parameters "
+                             "live (infra/policies.json grants them by name)")
     return names
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import click
 import requests
+from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
 from rich.console import Console
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
@@ -31,10 +32,12 @@ TRAINING = "Model is Training"
 READY = "Ready to Use"
 FAILED = "Training Failed"
 
-# The service's limits (chalicelib/api.py): API Gateway takes at most 10 MB,
-# Lambda at most 6 MB in a request and 6 MB in an answer.
-TRAINING_BODY_LIMIT = 10 * 1024 * 1024
-PREDICT_BODY_BUDGET = 5 * 1024 * 1024  # safely under the 6 MB request limit
+# The service's limits (chalicelib/api.py). API Gateway passes a request to
+# Lambda, which takes at most 6 MB, as a JSON event in which the body is an
+# escaped string: the body may take 6 MB less 64 KB there (event_bytes).
+# Larger datasets go through POST /uploads.
+EVENT_BODY_LIMIT = 6 * 1024 * 1024 - 64 * 1024
+PREDICT_BODY_BUDGET = 5 * 1024 * 1024  # event bytes: safely under the limit
 PREDICT_MAX_ROWS = 20_000  # keeps the answer well under 6 MB for a few classes
 UPLOAD_CHUNK = 1024 * 1024
 CONNECT_TIMEOUT = 10
@@ -51,6 +54,12 @@ class CliError(Exception):
     def __init__(self, message: str, code: int):
         super().__init__(message)
         self.code = code
+
+
+def event_bytes(body: bytes) -> int:
+    """What a text/csv body takes in the Lambda event, at most: its JSON string
+    with everything outside ASCII escaped (the server counts the same way)."""
+    return len(json.dumps(body.decode("utf-8", "replace"))) - 2
 
 
 def _one_line(text: str) -> str:
@@ -154,23 +163,14 @@ def cli(ctx, url, api_key, as_json):
 
 # --- train --------------------------------------------------------------------------
 
-class _ChunkedFile:
-    """The file as an iterable of chunks with a known length, so that requests
-    sends Content-Length (S3's presigned PUT needs it) and the bar advances
-    as chunks go out."""
+class _FormProgress:
+    """Advances a progress bar as the multipart form is sent."""
 
-    def __init__(self, path: Path, progress: Progress, task):
-        self.path, self.progress, self.task = path, progress, task
-        self.size = path.stat().st_size
+    def __init__(self, progress: Progress, task):
+        self.progress, self.task = progress, task
 
-    def __len__(self) -> int:
-        return self.size
-
-    def __iter__(self):
-        with open(self.path, "rb") as source:
-            while chunk := source.read(UPLOAD_CHUNK):
-                self.progress.update(self.task, advance=len(chunk))
-                yield chunk
+    def __call__(self, monitor: MultipartEncoderMonitor) -> None:
+        self.progress.update(self.task, completed=monitor.bytes_read)
 
 
 def _training_query(header, c, max_iter, class_weight, no_intercept, holdout, ttl_hours):
@@ -193,16 +193,24 @@ def _training_query(header, c, max_iter, class_weight, no_intercept, holdout, tt
 
 
 def _upload(client: Client, path: Path) -> str:
-    """POST /uploads, then PUT the file to its URL with a progress bar; the upload id."""
+    """POST /uploads, then the file to its presigned S3 form (the form's fields
+    first, the file last) with a progress bar; the upload id."""
     ticket = client.request("POST", "/uploads", ok=(201,)).json()
-    headers = dict(ticket.get("headers") or {"Content-Type": "text/csv"})
+    size = path.stat().st_size
+    if size > ticket["max_bytes"]:
+        raise CliError(f"{path} is {size:,} bytes; the service takes uploads of at most "
+                       f"{ticket['max_bytes']:,} bytes", EXIT_REJECTED)
     columns = [TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn()]
-    with Progress(*columns, console=stderr, transient=True) as progress:
-        task = progress.add_task(path.name, total=path.stat().st_size)
-        client.request(ticket.get("method", "PUT"), ticket["url"], absolute=True,
-                       ok=(200, 201, 204), data=_ChunkedFile(path, progress, task),
-                       headers=headers)
+    with open(path, "rb") as source, Progress(*columns, console=stderr,
+                                              transient=True) as progress:
+        form = MultipartEncoder(fields=[*ticket["fields"].items(),
+                                        ("file", (path.name, source, "text/csv"))])
+        task = progress.add_task(path.name, total=form.len)
+        monitor = MultipartEncoderMonitor(form, _FormProgress(progress, task))
+        client.request(ticket.get("method", "POST"), ticket["url"], absolute=True,
+                       ok=(200, 201, 204), data=monitor,
+                       headers={"Content-Type": monitor.content_type})
     return ticket["upload_id"]
 
 
@@ -258,13 +266,13 @@ def _wait(client: Client, model_id: str, timeout: float) -> dict:
 @pass_client
 def train(client, data, header, c, max_iter, class_weight, no_intercept, holdout, ttl_hours,
           wait, timeout):
-    """Train a model on DATA (CSV, label in the last column). Files over 10 MB
-    go through POST /uploads."""
+    """Train a model on DATA (CSV, label in the last column). Files too large
+    for one request to the API (about 5.9 MB) go through POST /uploads."""
     query = _training_query(header, c, max_iter, class_weight, no_intercept, holdout,
                             ttl_hours)
-    if data.stat().st_size <= TRAINING_BODY_LIMIT:
-        created = client.request("POST", "/models", ok=(201,), params=query,
-                                 data=data.read_bytes(),
+    body = data.read_bytes() if data.stat().st_size <= EVENT_BODY_LIMIT else None
+    if body is not None and event_bytes(body) <= EVENT_BODY_LIMIT:
+        created = client.request("POST", "/models", ok=(201,), params=query, data=body,
                                  headers={"Content-Type": "text/csv"}).json()
     else:
         upload_id = _upload(client, data)
@@ -295,13 +303,16 @@ def _rows(path: Path | None) -> list[bytes]:
 
 
 def _batches(rows: list[bytes]):
-    """Consecutive slices of at most PREDICT_MAX_ROWS rows and PREDICT_BODY_BUDGET bytes."""
+    """Consecutive slices of at most PREDICT_MAX_ROWS rows and PREDICT_BODY_BUDGET
+    bytes in the Lambda event (each row's newline is 2 there: \\n)."""
     start = 0
     while start < len(rows):
         end, size = start, 0
-        while end < len(rows) and end - start < PREDICT_MAX_ROWS \
-                and (end == start or size + len(rows[end]) + 1 <= PREDICT_BODY_BUDGET):
-            size += len(rows[end]) + 1
+        while end < len(rows) and end - start < PREDICT_MAX_ROWS:
+            row = event_bytes(rows[end]) + 2
+            if end > start and size + row > PREDICT_BODY_BUDGET:
+                break
+            size += row
             end += 1
         yield start, end
         start = end

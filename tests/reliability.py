@@ -22,6 +22,10 @@ Recording a row::
     count     how many times it was tried or how many cases were checked (an int >= 0)
     result    what was observed
 
+Rows whose area starts with "Security" (e.g. "Security: AWS rules") make up
+the report's own Security section: what was tried against the service's
+protections and the rules AWS enforces that the emulators do not.
+
 Every value must come from the run (counts and measurements the test made),
 not be a literal restating the assertion. Text is one line (runs of white
 space, newlines included, become one space); a "|" is escaped. A test may
@@ -66,6 +70,14 @@ condition a test brought about against the running service, how many times,
 and the result it saw. Do not edit by hand; run `make test` to refresh it.
 """
 COLUMNS = ("Area", "Scenario", "What was tried", "How many", "Result")
+SECURITY_AREA = "Security"
+SECURITY_INTRO = """\
+## Security
+
+What the tests tried against the service's protections, and against the rules
+AWS enforces that the local emulators do not (IAM, SigV4 presigned requests,
+Lambda's request payload, S3's POST policies), each asserted directly.
+"""
 
 
 @dataclass(frozen=True)
@@ -127,13 +139,22 @@ def _cell(value: object) -> str:
     return str(value).replace("\\", "\\\\").replace("|", "\\|")
 
 
-def render(report_rows: list[Row]) -> str:
-    lines = [INTRO, "| " + " | ".join(COLUMNS) + " |",
+def _table(report_rows: list[Row]) -> list[str]:
+    lines = ["| " + " | ".join(COLUMNS) + " |",
              "|" + "|".join(["---"] * 3 + ["---:", "---"]) + "|"]
     for row in report_rows:
         lines.append("| " + " | ".join(_cell(value) for value in
                                        (row.area, row.scenario, row.tried, row.count,
                                         row.result)) + " |")
+    return lines
+
+
+def render(report_rows: list[Row]) -> str:
+    security = [row for row in report_rows if row.area.startswith(SECURITY_AREA)]
+    other = [row for row in report_rows if not row.area.startswith(SECURITY_AREA)]
+    lines = [INTRO, *_table(other)]
+    if security:
+        lines += ["", SECURITY_INTRO, *_table(security)]
     return "\n".join(lines) + "\n"
 
 

@@ -25,11 +25,21 @@ CLI_TIMEOUT = 120
 CLI = [sys.executable, "-m", "mlapi_cli.main"]
 
 
+# Uploads over this many bytes are refused (the stack's MAX_UPLOAD_BYTES).
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024
+
+
 @pytest.fixture(scope="module")
-def api(tmp_path_factory):
-    """The local stack's API URL; stopped with SIGINT (Ctrl-C) afterwards."""
-    with running_stack(tmp_path_factory.mktemp("devstack-cli")) as stack:
-        yield stack.api
+def stack(tmp_path_factory):
+    """The local stack; stopped with SIGINT (Ctrl-C) afterwards."""
+    with running_stack(tmp_path_factory.mktemp("devstack-cli"),
+                       env={"MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as stack:
+        yield stack
+
+
+@pytest.fixture(scope="module")
+def api(stack):
+    return stack.api
 
 
 def run_cli(api: str | None, *args: str, timeout: float = CLI_TIMEOUT):
@@ -148,17 +158,63 @@ def test_unknown_model_exits_3(api):
     assert "doesn't exist" in result.stderr
 
 
-def test_over_10_mb_goes_through_the_upload(api, tmp_path):
+def test_a_file_too_large_for_one_request_goes_through_the_upload_form(stack, tmp_path):
+    """6.5 MB: under API Gateway's 10 MB, over what Lambda's 6 MB request holds,
+    so the CLI sends it to the presigned S3 form, not to POST /models."""
     big = tmp_path / "big.csv"
-    lines = two_class_lines(11 * 1024 * 1024, seed=7)
+    lines = two_class_lines(int(6.5 * 1024 * 1024), seed=7)
     big.write_text("".join(lines))
-    result = run_cli(api, "train", str(big), "--wait", "--max-iter", "200")
+    result = run_cli(stack.api, "train", str(big), "--wait", "--max-iter", "200")
     assert result.returncode == 0, (result.stdout, result.stderr)
     model_id = result.stdout.splitlines()[0].strip()
-    status = json.loads(run_cli(api, "--json", "status", model_id).stdout)
+    status = json.loads(run_cli(stack.api, "--json", "status", model_id).stdout)
     assert status["n_rows"] == len(lines)
     assert status["metrics"]["accuracy"] > 0.9
-    assert run_cli(api, "delete", model_id).returncode == 0
+    uploads = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/")["Contents"]
+    [upload] = [o for o in uploads if o["Size"] == big.stat().st_size]
+    tags = stack.s3.get_object_tagging(Bucket=stack.bucket, Key=upload["Key"])["TagSet"]
+    assert tags == [{"Key": "ml-api-upload", "Value": "claimed"}]
+    assert run_cli(stack.api, "delete", model_id).returncode == 0
+
+
+def test_a_file_over_the_upload_limit_is_refused_before_it_is_sent(stack, tmp_path):
+    big = tmp_path / "huge.csv"
+    big.write_text("".join(two_class_lines(MAX_UPLOAD_BYTES + 1, seed=8)))
+    before = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/").get("KeyCount", 0)
+    result = run_cli(stack.api, "train", str(big))
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert result.stderr.strip() == (f"error: {big} is {big.stat().st_size:,} bytes; the service "
+                                     f"takes uploads of at most {MAX_UPLOAD_BYTES:,} bytes")
+    assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/").get(
+        "KeyCount", 0) == before
+
+
+def test_the_emulator_refuses_a_file_over_the_forms_limit(stack):
+    """The form POST /uploads hands out, sent a file one byte over its limit
+    (the CLI would not send it): refused by the emulator as S3 would."""
+    form = stack.http.post(f"{stack.api}/uploads").json()
+    assert form["max_bytes"] == MAX_UPLOAD_BYTES
+    for size, expected in ((MAX_UPLOAD_BYTES + 1, 400), (MAX_UPLOAD_BYTES, 204)):
+        sent = stack.http.post(form["url"], data=form["fields"],
+                               files={"file": ("x.csv", b"1" * size, "text/csv")}, timeout=60)
+        assert sent.status_code == expected, sent.text[:300]
+        if expected == 400:
+            assert "<Code>EntityTooLarge</Code>" in sent.text
+            with pytest.raises(stack.s3.exceptions.NoSuchKey):  # nothing stored
+                stack.s3.get_object(Bucket=stack.bucket, Key=form["fields"]["key"])
+    assert stack.s3.head_object(Bucket=stack.bucket,
+                                Key=form["fields"]["key"])["ContentLength"] == MAX_UPLOAD_BYTES
+
+
+def test_batches_count_rows_as_the_lambda_event_does():
+    from mlapi_cli.main import PREDICT_BODY_BUDGET, _batches, event_bytes
+
+    assert event_bytes(b'1,"a"\x01\xc3\xa9') == 1 + 1 + 2 + 1 + 2 + 6 + 6
+    rows = [b"\x01" * 1000] * 2000  # 1 MB of rows, 12 MB in the event
+    spans = list(_batches(rows))
+    assert [end - start for start, end in spans] == [873, 873, 254]
+    assert all(sum(event_bytes(row) + 2 for row in rows[a:b]) <= PREDICT_BODY_BUDGET
+               for a, b in spans)
 
 
 def test_delete_then_status_exits_3(api, model):

@@ -69,7 +69,7 @@ def test_the_security_policy_allows_exactly_the_inline_script_and_style(keyed):
     assert set(policy["script-src"].split()) == digests("script") and len(digests("script")) == 1
     assert set(policy["style-src"].split()) == digests("style") and len(digests("style")) == 1
     assert policy["default-src"] == "'none'"
-    # Its own origin, and S3's for the presigned PUT of files over 10 MB.
+    # Its own origin, and S3's for the presigned POST of files too large to post.
     assert policy["connect-src"] == "'self' https://*.amazonaws.com"
     assert policy["frame-ancestors"] == "'none'"
 
@@ -123,6 +123,7 @@ new MutationObserver(() => {
 }).observe(document.getElementById("models"), {childList: true, subtree: true});
 """
 PHONE = (390, 844)
+MAX_UPLOAD_BYTES = 8 * 1024 * 1024  # the browser tests' stack
 
 
 def _browser_or_skip():
@@ -178,7 +179,8 @@ def browser():
 def keyed_stack(tmp_path_factory):
     from tests.stack import running_stack
     with running_stack(tmp_path_factory.mktemp("devstack-dashboard"),
-                       env={"REQUIRE_API_KEY": "true", "API_KEYS": ",".join(API_KEYS)}) as stack:
+                       env={"REQUIRE_API_KEY": "true", "API_KEYS": ",".join(API_KEYS),
+                            "MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as stack:
         yield stack
 
 
@@ -362,20 +364,28 @@ def _log_in(browser, stack) -> None:
 
 
 @pytest.mark.e2e
-def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
+def test_a_file_too_large_to_post_goes_through_storage_and_50k_rows_predict_in_batches(
         browser, keyed_stack, tmp_path):
-    """Over API Gateway's 10 MB the page PUTs the file to POST /uploads' presigned
-    URL (the bucket's CORS rule lets it); 50,000 rows go out in 3 batches."""
+    """6.5 MB, more than one request to Lambda holds: the page POSTs the file to
+    POST /uploads' presigned S3 form (the bucket's CORS rule lets the page's
+    origin), with the progress bar; 50,000 rows go out in 3 batches. A file over
+    the upload limit is refused before it is sent."""
     from selenium.webdriver.common.by import By
+
+    from chalicelib import api
 
     stack = keyed_stack
     headers = {"X-Api-Key": API_KEYS[0]}
-    lines = two_class_lines(11 * 1024 * 1024, seed=11)
+    lines = two_class_lines(int(6.5 * 1024 * 1024), seed=11)
     size = sum(map(len, lines))
     big = tmp_path / "big.csv"
     big.write_text("".join(lines))
 
     _log_in(browser, stack)
+    # The page counts a body's bytes in the Lambda event as the API does.
+    samples = ['1,"a"\\\n\t\x01\x7fé😀', "5.1,3.5\r\n", "plain"]
+    assert browser.execute_script("return arguments[0].map(eventBytes)", samples) == [
+        api.event_bytes(sample.encode(), "text/csv") for sample in samples]
     browser.find_element(By.ID, "train-file").send_keys(str(big))
     browser.find_element(By.ID, "train-max-iter").send_keys("200")
     browser.find_element(By.ID, "train-button").click()
@@ -387,7 +397,9 @@ def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
     status = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers).json()
     assert status["n_rows"] == len(lines) and status["metrics"]["accuracy"] > 0.9
     uploads = stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/")["Contents"]
-    assert [o["Size"] for o in uploads if o["Size"] == size] == [size], "the file went to storage"
+    [upload] = [o for o in uploads if o["Size"] == size]  # the file went to storage
+    assert stack.s3.get_object_tagging(Bucket=stack.bucket, Key=upload["Key"])["TagSet"] == [
+        {"Key": "ml-api-upload", "Value": "claimed"}]
 
     # 50,000 rows: over the page's 20,000-row batches, so three requests.
     rows = [",".join(line.split(",")[:3]) for line in lines[:50_000]]
@@ -426,3 +438,13 @@ def test_a_file_over_10_mb_goes_through_storage_and_50k_rows_predict_in_batches(
     assert browser.find_element(By.ID, "detail-empty").is_displayed()
     gone = stack.http.get(f"{stack.api}/check_model_status/{model_id}", headers=headers)
     assert gone.status_code == 404
+
+    # Over the upload limit: the page says so and sends nothing to storage.
+    huge = tmp_path / "huge.csv"
+    huge.write_text("".join(two_class_lines(MAX_UPLOAD_BYTES + 1, seed=12)))
+    browser.find_element(By.ID, "train-file").send_keys(str(huge))
+    browser.find_element(By.ID, "train-button").click()
+    _wait(browser, lambda b: "the service takes uploads of at most 8.0 MB" in
+          _text(b, "train-message"), "the upload limit")
+    assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/").get(
+        "KeyCount", 0) == len(uploads) - 1

@@ -152,32 +152,95 @@ def test_dead_letters_can_be_listed_and_redriven(aws):
     assert dlq.dead_messages(sqs, settings) == []
 
 
-def test_the_embedded_moto_answers_a_browsers_preflight_on_a_presigned_put(tmp_path):
-    """devstack.moto_server: the CORS preflight of a presigned PUT gets 200 (as
-    from S3), while the PUT itself still needs the Content-Type it was signed with."""
+def test_the_embedded_moto_enforces_s3s_rules_for_presigned_requests(tmp_path):
+    """devstack.moto_server refuses what S3 refuses and moto 5.2.5 takes: a form
+    outside its signed policy (size range, fields, expiry), SigV2 links and
+    forms; and answers a browser's POST with the bucket's CORS headers."""
     import boto3
+    import botocore.config
     import requests
 
+    from chalicelib.aws import S3_CONFIG
     from devstack.emulator import start_moto
     from devstack.ports import free_ports
+    from tests.reliability import record
 
     [port] = free_ports(1)
     moto = start_moto("127.0.0.1", port, str(tmp_path / "moto.log"))
+    origin = "http://127.0.0.1:8000"
     try:
-        s3 = boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}", region_name="us-east-1",
-                          aws_access_key_id="test", aws_secret_access_key="test")
+        def s3_client(config):
+            return boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}",
+                                region_name="us-east-1", aws_access_key_id="test",
+                                aws_secret_access_key="test", config=config)
+
+        s3 = s3_client(S3_CONFIG)
         s3.create_bucket(Bucket="uploads-test")
-        url = s3.generate_presigned_url("put_object", ExpiresIn=60, Params={
-            "Bucket": "uploads-test", "Key": "k.csv", "ContentType": "text/csv"})
+        s3.put_bucket_cors(Bucket="uploads-test", CORSConfiguration={"CORSRules": [
+            {"AllowedMethods": ["POST"], "AllowedOrigins": [origin], "MaxAgeSeconds": 60}]})
+        tagging = "<Tagging><TagSet><Tag><Key>t</Key><Value>v</Value></Tag></TagSet></Tagging>"
+        fields = {"Content-Type": "text/csv", "tagging": tagging}
+        form = s3.generate_presigned_post(
+            "uploads-test", "k.csv", Fields=fields, ExpiresIn=60,
+            Conditions=[{"Content-Type": "text/csv"}, {"tagging": tagging},
+                        ["content-length-range", 1, 100]])
         http = requests.Session()
         http.trust_env = False
-        preflight = http.options(url, headers={"Origin": "http://127.0.0.1:8000",
-                                               "Access-Control-Request-Method": "PUT",
-                                               "Access-Control-Request-Headers": "content-type"})
-        assert preflight.status_code == 200, preflight.text
-        assert http.put(url, data=b"1,a\n").status_code == 403  # no Content-Type: refused
-        assert http.put(url, data=b"1,a\n", headers={"Content-Type": "text/csv"}).ok
+
+        def post(data, form=form, **changes):
+            return http.post(form["url"], data={**form["fields"], **changes},
+                             files={"file": ("k.csv", data)}, headers={"Origin": origin})
+
+        def code(answer):
+            return f"{answer.status_code} {answer.text.split('<Code>')[1].split('<')[0]}"
+
+        expired = s3.generate_presigned_post("uploads-test", "k.csv", ExpiresIn=-5)
+        answers = {
+            "101 bytes": post(b"x" * 101), "0 bytes": post(b""),
+            "text/plain": post(b"1,a\n", **{"Content-Type": "text/plain"}),
+            "an extra field": post(b"1,a\n", acl="public-read"),
+            "expired": post(b"1,a\n", form=expired),
+        }
+        assert [code(a) for a in answers.values()] == [
+            "400 EntityTooLarge", "400 EntityTooSmall", "403 AccessDenied", "403 AccessDenied",
+            "403 AccessDenied"]
+        assert "Policy expired" in answers["expired"].text
+        assert s3.list_objects_v2(Bucket="uploads-test")["KeyCount"] == 0
+
+        preflight = http.options(form["url"], headers={"Origin": origin,
+                                                       "Access-Control-Request-Method": "POST"})
+        assert preflight.status_code == 200
+        assert preflight.headers["Access-Control-Allow-Origin"] == origin
+        elsewhere = http.options(form["url"], headers={
+            "Origin": "https://evil.example", "Access-Control-Request-Method": "POST"})
+        assert elsewhere.status_code == 403
+        stored = post(b"1,a\n")
+        assert stored.status_code == 204, stored.text
+        assert stored.headers["Access-Control-Allow-Origin"] == origin
         assert s3.get_object(Bucket="uploads-test", Key="k.csv")["Body"].read() == b"1,a\n"
+        assert s3.get_object_tagging(Bucket="uploads-test", Key="k.csv")["TagSet"] == [
+            {"Key": "t", "Value": "v"}]
+
+        sigv2 = s3_client(botocore.config.Config(signature_version="s3"))
+        old_link = sigv2.generate_presigned_url("get_object", Params={
+            "Bucket": "uploads-test", "Key": "k.csv"})
+        assert "AWSAccessKeyId=" in old_link
+        refused = http.get(old_link)
+        assert refused.status_code == 400 and "Please use AWS4-HMAC-SHA256" in refused.text
+        old_form = post(b"1,a\n", form=sigv2.generate_presigned_post("uploads-test", "k2.csv"))
+        assert old_form.status_code == 400 and "Please use AWS4-HMAC-SHA256" in old_form.text
+        assert http.get(s3.generate_presigned_url("get_object", Params={
+            "Bucket": "uploads-test", "Key": "k.csv"})).content == b"1,a\n"
+        answers.update({"a SigV2 link": refused, "a SigV2 form": old_form})
+        tags = s3.get_object_tagging(Bucket="uploads-test", Key="k.csv")["TagSet"]
+        record("Security: AWS rules", "Upload forms (local emulator)",
+               "sent the embedded moto presigned forms its policy refuses (size range 1..100, "
+               "Content-Type, no extra field, expiry) and SigV2 requests, then a good form",
+               len(answers) + 1,
+               "; ".join(f"{name}: {code(answer)}" for name, answer in answers.items())
+               + f"; the good form: {stored.status_code}, stored only then, tagged "
+               f"{tags[0]['Key']}={tags[0]['Value']}, Access-Control-Allow-Origin "
+               f"{stored.headers['Access-Control-Allow-Origin']}")
     finally:
         moto.terminate()
         moto.wait(timeout=10)

@@ -32,7 +32,7 @@ from hypothesis import strategies as st
 from moto import mock_aws
 
 from app import app
-from chalicelib import components, training
+from chalicelib import api, components, training
 from chalicelib.api import MODEL_NOT_FOUND, PREDICT_CSV_REQUIRED, TRAINING_CSV_REQUIRED
 from chalicelib.config import Settings
 from devstack import bootstrap, stage
@@ -167,9 +167,9 @@ _SCENARIOS = {
         "Hostile model ids", "'..', '/', %2F, control characters, unicode, over-long and "
         "near-miss ids, raw and percent-encoded, on every route"),
     "test_oversized_training_body_is_413_naming_the_limit": (
-        "Oversized bodies", "training bodies over API Gateway's 10 MB"),
+        "Oversized bodies", "training bodies over what fits Lambda's 6 MB request"),
     "test_oversized_predict_body_is_413_naming_the_limit": (
-        "Oversized bodies", "predict bodies over Lambda's 6 MB"),
+        "Oversized bodies", "predict bodies over what fits Lambda's 6 MB request"),
 }
 _ANSWERS: dict[int, int] = {}
 
@@ -806,20 +806,21 @@ def _oversized(kind: str, limit: int, row: bytes) -> bytes:
 
 @pytest.mark.parametrize("kind", ["valid rows", "blank lines", "garbage"])
 def test_oversized_training_body_is_413_naming_the_limit(stack, kind):
-    body = _oversized(kind, 10 * MB, b"5.1,3.5,1.4,0.2,setosa\n6.9,3.1,5.1,2.3,virginica\n")
-    assert len(body) > 10 * MB
+    body = _oversized(kind, api.TRAINING_BODY_LIMIT_BYTES,
+                      b"5.1,3.5,1.4,0.2,setosa\n6.9,3.1,5.1,2.3,virginica\n")
+    assert len(body) > api.TRAINING_BODY_LIMIT_BYTES
     response = stack.client.http.post("/models", headers={"Content-Type": "text/csv"}, body=body)
     _check_answer(response)
     assert response.status_code == 413, _show(response, 500)
-    assert _names_limit(response.body.decode(), 10), _show(response, 500)
+    assert _names_limit(response.body.decode(), 6), _show(response, 500)
 
 
 @pytest.mark.parametrize("method", ["GET", "POST"])
 @pytest.mark.parametrize("kind", ["valid rows", "blank lines", "garbage"])
 def test_oversized_predict_body_is_413_naming_the_limit(stack, kind, method):
     model = stack.models[0]
-    body = _oversized(kind, 6 * MB, b"6.9,3.1,5.1,2.3\n")
-    assert len(body) > 6 * MB
+    body = _oversized(kind, api.PREDICT_BODY_LIMIT_BYTES, b"6.9,3.1,5.1,2.3\n")
+    assert len(body) > api.PREDICT_BODY_LIMIT_BYTES
     response = stack.client.http.request(method, f"/models/{model.model_id}",
                                          headers={"Content-Type": "text/csv"}, body=body)
     _check_answer(response)

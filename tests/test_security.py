@@ -132,11 +132,15 @@ def test_refusals_do_not_tell_whether_a_model_exists(keyed):
     assert ok.status_code == 200
 
 
-def test_api_keys_off_by_default_in_dev_on_in_prod():
-    from devstack import stage
-    assert stage.stage_environment("dev").get("REQUIRE_API_KEY", "false") == "false"
-    assert stage.stage_environment("prod")["REQUIRE_API_KEY"] == "true"
-    assert not ApiKeys.from_env(lambda: None).required
+def test_api_keys_follow_require_api_key_and_default_to_on_only_in_lambda(monkeypatch):
+    monkeypatch.delenv("REQUIRE_API_KEY", raising=False)
+    monkeypatch.delenv("AWS_LAMBDA_FUNCTION_NAME", raising=False)
+    assert not ApiKeys.from_env(lambda: None).required  # a local process
+    monkeypatch.setenv("API_KEYS", "k")
+    monkeypatch.setenv("AWS_LAMBDA_FUNCTION_NAME", "ml-api-dev")
+    assert ApiKeys.from_env(lambda: None).required  # deployed
+    monkeypatch.setenv("REQUIRE_API_KEY", "false")
+    assert not ApiKeys.from_env(lambda: None).required  # a stage's explicit opt-out
 
 
 def test_required_but_no_keys_configured_refuses_everything():
@@ -150,12 +154,13 @@ def test_bodies_over_the_limits_are_413_before_parsing(aws, monkeypatch):
         response = client.http.post("/models", headers=CSV, body=big)
         assert response.status_code == 413
         assert response.body.decode() == (
-            "The body is 10.0 MB; training data sent to POST /models (API Gateway's request "
-            "limit) is limited to 10 MB.")
+            "The body is 5.94 MB, 5.94 MB as API Gateway passes it to Lambda, which takes at "
+            "most 6 MB per request: training data sent to POST /models may take at most "
+            "5.94 MB there. Send larger datasets through POST /uploads.")
         big = b"x" * (api.PREDICT_BODY_LIMIT_BYTES + 1)
         response = client.http.post("/models/model_x", headers=CSV, body=big)
         assert response.status_code == 413
-        assert "a prediction request (Lambda's request payload limit) is limited to 6 MB" in \
+        assert "a prediction request may take at most 5.94 MB there. Send fewer rows" in \
             response.body.decode()
     assert queue_messages(aws, components.settings().queue) == []
 
@@ -203,3 +208,15 @@ def test_routes_carry_the_authorizer_only_where_the_stage_asks(tmp_path):
         out = subprocess.run([sys.executable, "-c", script], cwd=stage.PROJECT_DIR, env=env,
                              capture_output=True, text=True, check=True).stdout.strip()
         assert out == expected, stage_name
+
+
+def test_security_rows_form_their_own_section_of_the_report():
+    from tests import reliability
+
+    rows = [reliability.Row("Training queue", "Trainer killed", "SIGKILL", 3, "READY once"),
+            reliability.Row("Security: AWS rules", "Presigned requests", "read them", 2, "SigV4")]
+    report = reliability.render(rows)
+    general, security = report.split("## Security")
+    assert "| Training queue | Trainer killed |" in general and "SigV4" not in general
+    assert "| Security: AWS rules | Presigned requests | read them | 2 | SigV4 |" in security
+    assert "## Security" not in reliability.render(rows[:1])

@@ -15,9 +15,8 @@ import pytest
 
 from devstack import bootstrap, emulator, stage
 from devstack.ports import free_ports
-from infra import deploy, layer as layers, secrets
+from infra import deploy, layer as layers, policies, secrets
 from infra import package
-from infra.package import CHALICE
 
 REGION = "us-east-1"
 PROJECT = stage.PROJECT_DIR
@@ -98,8 +97,9 @@ def test_secrets_are_created_once_and_never_overwritten(moto_session):
         "/ml-api/prod/model-signing-key": False, "/ml-api/prod/api-keys": False}
     assert ssm.get_parameter(Name="/ml-api/prod/model-signing-key", WithDecryption=True)[
         "Parameter"]["Value"] == key["Parameter"]["Value"]
-    # dev requires no API key
-    assert list(secrets.ensure(moto_session, "dev")) == ["/ml-api/dev/model-signing-key"]
+    # Every deployed stage requires API keys, dev too.
+    assert list(secrets.ensure(moto_session, "dev")) == ["/ml-api/dev/model-signing-key",
+                                                        "/ml-api/dev/api-keys"]
 
 
 # --- pre-flight --------------------------------------------------------------------
@@ -127,6 +127,21 @@ def test_preflight_passes_once_everything_is_in_place(moto_session, tmp_path):
         "account, without --visibility-timeout"]
     bootstrap.bootstrap(moto_session, stage.deployed_settings("prod"))
     assert deploy.preflight(moto_session, "prod", project) == []
+
+
+def test_after_deploying_the_bucket_takes_upload_forms_from_the_api_only(moto_session):
+    bootstrap.bootstrap(moto_session, stage.deployed_settings("prod"))
+    s3 = moto_session.client("s3")
+    with pytest.raises(s3.exceptions.ClientError, match="NoSuchCORSConfiguration"):
+        s3.get_bucket_cors(Bucket="ml-api-prod-models")  # no origin known before the API
+    origins = deploy.allow_uploads_from(
+        moto_session, "prod", "https://abc123defg.execute-api.us-east-1.amazonaws.com/api/\n")
+    assert origins == ["https://abc123defg.execute-api.us-east-1.amazonaws.com"]
+    [rule] = s3.get_bucket_cors(Bucket="ml-api-prod-models")["CORSRules"]
+    assert rule["AllowedOrigins"] == origins and rule["AllowedMethods"] == ["POST"]
+    # A later bootstrap without an origin leaves it as it is.
+    bootstrap.bootstrap(moto_session, stage.deployed_settings("prod"))
+    assert s3.get_bucket_cors(Bucket="ml-api-prod-models")["CORSRules"] == [rule]
 
 
 def test_preflight_refuses_the_scientific_stack_in_requirements_txt(tmp_path):
@@ -185,15 +200,14 @@ def test_chalice_deploy_rehearsal_against_moto_server(moto_server, tmp_path):
     client("s3").create_bucket(Bucket=DEPLOY_BUCKET)
     arn = layers.publish(_OnEmulator(session, moto_server), _tiny_layer(tmp_path), DEPLOY_BUCKET)
     layers.set_stage_layers("dev", [arn], project / ".chalice" / "config.json")
-    code, output = run(sys.executable, "-c",
-                       "import sys, boto3; from pathlib import Path; from infra import deploy; "
-                       "sys.exit('\\n'.join(deploy.preflight(boto3.session.Session(), 'dev', "
-                       "Path(sys.argv[1]))) or None)", str(project))
-    assert code == 0, output
-
-    code, output = run(*CHALICE, "--project-dir", str(project), "deploy", "--stage", "dev")
+    # make deploy: pre-flight, each function's policy rendered for the account,
+    # then chalice deploy
+    code, output = run(sys.executable, "-m", "infra.deploy", "--stage", "dev",
+                       "--project-dir", str(project))
     if code and "Could not install dependencies" in output and layers.unreachable(output):
         pytest.skip("PyPI is unreachable: chalice deploy cannot vendor requirements.txt")
+    assert "stage dev: layer, resources and secrets are in place" in output, output
+    assert "rendered .chalice/policy-dev-train_model.json" in output, output
     assert "Subscribing ml-api-dev-train_model to SQS queue ml-api-dev-training" in output, output
     # moto's own failure, at the last step (see the docstring)
     assert code != 0 and "Creating Rest API" in output, output[-2000:]
@@ -212,13 +226,22 @@ def test_chalice_deploy_rehearsal_against_moto_server(moto_server, tmp_path):
                  if m["FunctionArn"] == config["FunctionArn"]]
     assert mapping["EventSourceArn"].endswith(":ml-api-dev-training")
     assert mapping["BatchSize"] == 1
-    policy = json.loads((PROJECT / ".chalice" / "policy-dev.json").read_text())
+    # A role per function, each with that function's policy, scoped to the
+    # account and region deployed to (moto's).
+    account = client("sts").get_caller_identity()["Account"]
+    expected = policies.render("dev", account=account, region=REGION)
     iam = client("iam")
-    for function in (api, config):
+    roles = {}
+    for function_name, function in (("api_handler", api), ("train_model", config)):
         role = function["Role"].rsplit("/", 1)[1]
         [name] = iam.list_role_policies(RoleName=role)["PolicyNames"]
         document = iam.get_role_policy(RoleName=role, PolicyName=name)["PolicyDocument"]
-        assert (json.loads(document) if isinstance(document, str) else document) == policy
+        assert (json.loads(document) if isinstance(document, str) else document) == \
+            expected[function_name]
+        roles[function_name] = role
+    assert roles == {"api_handler": "ml-api-dev-api_handler",
+                     "train_model": "ml-api-dev-train_model"}
+    assert f":{REGION}:{account}:table/ml-api-dev-models" in json.dumps(expected["train_model"])
 
 
 class _OnEmulator:
@@ -252,3 +275,43 @@ def test_merge_template_wires_the_event_source_to_the_stacks_queue():
                      "ScalingConfig": {"MaximumConcurrency": 10}}
     assert template["Resources"]["ApiHandlerLogGroup"] == {"Properties": {
         "LogGroupName": {"Fn::Sub": "/aws/lambda/${APIHandler}"}}}
+    # Upload forms from the stack's own API (the dashboard), not from anywhere.
+    [cors] = template["Resources"]["ModelsBucket"]["Properties"]["CorsConfiguration"][
+        "CorsRules"]
+    assert cors["AllowedOrigins"] == [
+        {"Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}]
+    assert template["Resources"]["ModelsBucketPolicy"]["Properties"]["PolicyDocument"][
+        "Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    [rule] = template["Resources"]["ModelsBucket"]["Properties"]["LifecycleConfiguration"][
+        "Rules"]
+    assert (rule["Prefix"], rule["ExpirationInDays"]) == ("uploads/", 1)
+
+
+def test_package_scopes_each_roles_policy_to_the_stacks_account_and_region(tmp_path):
+    """Rendered for CloudFormation, each function's policy names
+    ${AWS::AccountId} and ${AWS::Region}; in the template every such string
+    becomes an Fn::Sub."""
+    documents = policies.render("prod", **policies.CLOUDFORMATION)
+    table = "arn:${AWS::Partition}:dynamodb:${AWS::Region}:${AWS::AccountId}:table/ml-api-prod-models"
+    assert table in documents["train_model"]["Statement"][3]["Resource"]
+    template = {"Resources": {
+        "TrainModelRole": {"Type": "AWS::IAM::Role", "Properties": {"Policies": [
+            {"PolicyName": "TrainModelRolePolicy", "PolicyDocument": documents["train_model"]}]}},
+        "Other": {"Type": "AWS::SQS::Queue", "Properties": {"QueueName": "${AWS::Region}"}}}}
+    changed = policies.substitute_pseudo_parameters(template)
+    document = template["Resources"]["TrainModelRole"]["Properties"]["Policies"][0][
+        "PolicyDocument"]
+    # Every ARN names the partition at least.
+    assert changed == sum(len(st["Resource"]) for st in documents["train_model"]["Statement"])
+    assert {"Fn::Sub": table} in document["Statement"][3]["Resource"]
+    assert template["Resources"]["Other"]["Properties"]["QueueName"] == "${AWS::Region}"
+
+
+def test_package_refuses_an_open_stage_without_the_opt_in(tmp_path, monkeypatch):
+    project = _project_copy(tmp_path)
+    keyless = {**stage.stage_environment("prod"), "REQUIRE_API_KEY": "false"}
+    real = stage.stage_environment
+    monkeypatch.setattr(stage, "stage_environment",
+                        lambda name="dev": keyless if name == "prod" else real(name))
+    with pytest.raises(package.PackageError, match="anyone on the internet"):
+        package.package("prod", tmp_path / "out", project_dir=project, require_layer=False)

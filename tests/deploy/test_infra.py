@@ -8,8 +8,11 @@ import sys
 import textwrap
 
 import boto3
+import botocore.exceptions
 import pytest
 from chalice.cli.factory import CLIFactory
+
+from chalicelib.config import Settings
 
 from devstack import bootstrap, emulator, stage
 from devstack.ports import free_ports
@@ -73,6 +76,64 @@ def test_bucket_is_encrypted_and_private_and_the_table_on_demand_with_ttl():
         assert resources[name]["DeletionPolicy"] == resources[name]["UpdateReplacePolicy"] == "Retain"
 
 
+def test_the_bucket_is_tls_only_in_the_deployed_definition():
+    """A request over plain HTTP is refused, by a bucket policy in the stack
+    (infra/resources.json, so both `make package` and `make bootstrap` against
+    AWS carry it). Emulators get none: see test_bootstrap_command_against_moto_server."""
+    resources = definition.render(stage.deployed_settings("prod"))["Resources"]
+    policy = resources["ModelsBucketPolicy"]
+    assert policy["Type"] == "AWS::S3::BucketPolicy"
+    assert policy["Properties"]["Bucket"] == {"Ref": "ModelsBucket"}
+    assert policy["DeletionPolicy"] == "Retain"  # stays with the retained bucket
+    [statement] = policy["Properties"]["PolicyDocument"]["Statement"]
+    assert (statement["Effect"], statement["Principal"], statement["Action"]) == \
+        ("Deny", "*", "s3:*")
+    assert statement["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert statement["Resource"] == [{"Fn::GetAtt": ["ModelsBucket", "Arn"]},
+                                     {"Fn::Sub": "${ModelsBucket.Arn}/*"}]
+    assert bootstrap.LEFT_OUT_ON_EMULATORS.keys() == {"AWS::S3::BucketPolicy"}
+
+
+def test_abandoned_uploads_expire_and_claimed_ones_stay(aws):
+    """The lifecycle rule deletes uploads still tagged unclaimed after a day;
+    the upload form requires that tag and POST /models replaces it."""
+    from chalicelib import components, storage
+
+    bucket = definition.load()["Resources"]["ModelsBucket"]["Properties"]
+    [rule] = definition.render(stage.deployed_settings("dev"))["Resources"]["ModelsBucket"][
+        "Properties"]["LifecycleConfiguration"]["Rules"]
+    assert "{{" in str(bucket["LifecycleConfiguration"])  # the names come from chalicelib
+    assert rule == {"Id": "abandoned-uploads", "Status": "Enabled",
+                    "Prefix": storage.UPLOADS_PREFIX,
+                    "TagFilters": [{"Key": storage.UPLOAD_STATE_TAG, "Value": storage.UNCLAIMED}],
+                    "ExpirationInDays": 1}
+    form = components.store().upload_form("upload_" + "0" * 24, 60, 100)
+    assert f"<Key>{rule['TagFilters'][0]['Key']}</Key><Value>{rule['TagFilters'][0]['Value']}" \
+        in form["fields"]["tagging"]
+    assert form["fields"]["key"].startswith(rule["Prefix"])
+    # bootstrap (the `aws` fixture ran it) applies it as the S3 API has it.
+    [applied] = aws.client("s3").get_bucket_lifecycle_configuration(
+        Bucket=components.settings().bucket)["Rules"]
+    assert applied == {"ID": "abandoned-uploads", "Status": "Enabled", "Expiration": {"Days": 1},
+                       "Filter": {"And": {"Prefix": "uploads/", "Tags": [
+                           {"Key": storage.UPLOAD_STATE_TAG, "Value": storage.UNCLAIMED}]}}}
+
+
+def test_the_upload_cors_origin_is_the_stages(monkeypatch):
+    settings = stage.deployed_settings("prod")
+    # Unknown until the API exists: no rule (infra.deploy adds the API's origin).
+    assert "CorsConfiguration" not in definition.render(settings)["Resources"][
+        "ModelsBucket"]["Properties"]
+    monkeypatch.setitem(os.environ, "UPLOAD_ORIGINS", "https://ml.example.com, https://b.example")
+    configured = Settings.from_env()
+    [rule] = definition.render(configured)["Resources"]["ModelsBucket"]["Properties"][
+        "CorsConfiguration"]["CorsRules"]
+    assert rule == {"Id": "dashboard-uploads", "AllowedMethods": ["POST"],
+                    "AllowedOrigins": ["https://ml.example.com", "https://b.example"],
+                    "MaxAge": 3600}
+    assert "*" not in json.dumps(rule)
+
+
 def test_unknown_placeholder_is_named(tmp_path):
     path = tmp_path / "resources.json"
     path.write_text(json.dumps({"Resources": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {
@@ -133,7 +194,8 @@ def _queue_attributes(session, name):
 
 def test_bootstrap_creates_everything_as_defined(moto_session):
     settings = stage.deployed_settings("prod")
-    done = bootstrap.bootstrap(moto_session, settings)
+    done = bootstrap.bootstrap(moto_session, settings, upload_origins=["https://ml.example.com"],
+                               for_aws=True)
     s3, dynamodb = moto_session.client("s3"), moto_session.client("dynamodb")
     [rule] = s3.get_bucket_encryption(Bucket=settings.bucket)[
         "ServerSideEncryptionConfiguration"]["Rules"]
@@ -143,10 +205,17 @@ def test_bootstrap_creates_everything_as_defined(moto_session):
                                              "BlockPublicPolicy", "RestrictPublicBuckets")}
     assert s3.get_bucket_ownership_controls(Bucket=settings.bucket)["OwnershipControls"][
         "Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
-    # The dashboard PUTs files over 10 MB to a presigned URL from the API's origin.
+    # The dashboard POSTs large files to a presigned form, from the API's origin only.
     [cors] = s3.get_bucket_cors(Bucket=settings.bucket)["CORSRules"]
-    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["PUT"], "AllowedOrigins": ["*"],
-                    "AllowedHeaders": ["content-type"], "MaxAgeSeconds": 3600}
+    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["POST"],
+                    "AllowedOrigins": ["https://ml.example.com"], "MaxAgeSeconds": 3600}
+    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
+    assert rule["ID"] == "abandoned-uploads" and rule["Expiration"] == {"Days": 1}
+    # For AWS, the TLS-only policy too (moto stores it; it would refuse object requests).
+    [deny] = json.loads(s3.get_bucket_policy(Bucket=settings.bucket)["Policy"])["Statement"]
+    assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
+    assert deny["Resource"] == [f"arn:aws:s3:::{settings.bucket}",
+                                f"arn:aws:s3:::{settings.bucket}/*"]
     table = dynamodb.describe_table(TableName=settings.table)["Table"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert dynamodb.describe_time_to_live(TableName=settings.table)["TimeToLiveDescription"] == {
@@ -231,13 +300,30 @@ def test_bootstrap_command_against_moto_server(tmp_path):
             assert result.returncode == 0, result.stderr
             return result.stdout
 
-        first = run("--stage", "prod")
+        first = run("--stage", "prod", "--upload-origin", "http://127.0.0.1:8000")
         assert "queue ml-api-prod-training (visibility timeout 60 s;" in first
+        assert "left out on an emulator: the TLS-only bucket policy" in first
         assert run("--stage", "prod", "--visibility-timeout", "5").count("visibility timeout 5 s") == 1
         session = boto3.session.Session(region_name=REGION, aws_access_key_id="test",
                                         aws_secret_access_key="test")
         s3 = session.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"])
         assert s3.get_bucket_encryption(Bucket="ml-api-prod-models")
+        assert s3.get_bucket_cors(Bucket="ml-api-prod-models")["CORSRules"][0][
+            "AllowedOrigins"] == ["http://127.0.0.1:8000"]
+        # How the emulator differs: with the TLS-only policy, moto refuses every
+        # object request (it cannot evaluate aws:SecureTransport), so it gets none.
+        with pytest.raises(botocore.exceptions.ClientError, match="NoSuchBucketPolicy"):
+            s3.get_bucket_policy(Bucket="ml-api-prod-models")
+        s3.put_object(Bucket="ml-api-prod-models", Key="probe", Body=b"x")
+        tls_only = definition.render(stage.deployed_settings("prod"))["Resources"][
+            "ModelsBucketPolicy"]["Properties"]["PolicyDocument"]
+        tls_only["Statement"][0]["Resource"] = ["arn:aws:s3:::ml-api-prod-models",
+                                                "arn:aws:s3:::ml-api-prod-models/*"]
+        s3.put_bucket_policy(Bucket="ml-api-prod-models", Policy=json.dumps(tls_only))
+        with pytest.raises(botocore.exceptions.ClientError, match="403"):
+            s3.get_object(Bucket="ml-api-prod-models", Key="probe")
+        s3.delete_bucket_policy(Bucket="ml-api-prod-models")
+        s3.delete_object(Bucket="ml-api-prod-models", Key="probe")
         gone = run("--stage", "prod", "--delete", "--including-data")
         assert "deleted from http://127.0.0.1" in gone and "ModelsBucket" in gone
         assert s3.list_buckets()["Buckets"] == []

@@ -15,9 +15,11 @@ from pathlib import Path
 
 import pytest
 
+from chalice.utils import to_cfn_resource_name
+
 from devstack import stage
 from infra import layer as layers
-from infra import package
+from infra import package, policies
 
 pytestmark = pytest.mark.package
 
@@ -130,9 +132,32 @@ def test_template_wires_layer_queue_and_settings(built):
     for name in ("ModelsBucket", "ModelsTable", "TrainingQueue", "TrainingDeadLetterQueue"):
         assert name in resources
     assert resources["TrainingQueue"]["Properties"]["QueueName"] == "ml-api-prod-training"
-    policy = json.loads((PROJECT / ".chalice" / "policy-prod.json").read_text())
-    roles = [r for r in resources.values() if r["Type"] == "AWS::IAM::Role"]
-    assert roles and all(r["Properties"]["Policies"][0]["PolicyDocument"] == policy for r in roles)
+    # A role per function, each with its own policy, scoped to the stack's
+    # account and region through Fn::Sub.
+    roles = {name: r["Properties"] for name, r in resources.items()
+             if r["Type"] == "AWS::IAM::Role"}
+    assert sorted(roles) == ["ApiHandlerRole", "ApiKeyAuthorizerRole", "TrainModelRole"]
+    for function, resource in (("api_handler", "APIHandler"), ("train_model", "TrainModel"),
+                               ("api_key_authorizer", "ApiKeyAuthorizer")):
+        role = resources[resource]["Properties"]["Role"]
+        assert role == {"Fn::GetAtt": [f"{to_cfn_resource_name(function)}Role", "Arn"]}
+        [policy] = roles[f"{to_cfn_resource_name(function)}Role"]["Policies"]
+        document = policy["PolicyDocument"]
+        rendered = {"Resources": {"R": {"Type": "AWS::IAM::Role", "Properties": {"Policies": [
+            {"PolicyDocument": policies.render(STAGE, **policies.CLOUDFORMATION)[function]}]}}}}
+        policies.substitute_pseudo_parameters(rendered)
+        expected = rendered["Resources"]["R"]["Properties"]["Policies"][0]["PolicyDocument"]
+        assert document == expected, function
+        for statement in document["Statement"]:
+            for arn in statement["Resource"]:
+                assert set(arn) == {"Fn::Sub"}, arn
+                if ":s3:::" not in arn["Fn::Sub"]:
+                    assert ":${AWS::Region}:${AWS::AccountId}:" in arn["Fn::Sub"], arn
+    # What API Gateway hands Lambda: text for CSV and JSON (api.event_bytes).
+    from chalicelib import api as service_api
+    swagger = resources["RestAPI"]["Properties"]["DefinitionBody"]
+    assert tuple(swagger["x-amazon-apigateway-binary-media-types"]) == \
+        service_api.BINARY_MEDIA_TYPES
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert sorted(g["LogGroupName"]["Fn::Sub"] for g in groups) == [
         "/aws/lambda/${APIHandler}", "/aws/lambda/${ApiKeyAuthorizer}",
