@@ -26,7 +26,8 @@ import pytest
 
 from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key
 from devstack.ports import free_ports
-from tests.conftest import SPREADSHEET_CELLS, VISIBLE_TEXT, two_class_lines
+from tests.conftest import (HOSTILE_LABELS, SPREADSHEET_CELLS, VISIBLE_TEXT,
+                            hostile_rows, hostile_training_csv, two_class_lines)
 from tests.reliability import record
 from tests.stack import running_stack
 
@@ -239,31 +240,13 @@ def test_over_10_mb_goes_through_the_upload(api, tmp_path):
 
 # --- values from the server: shown as text, saved as data -----------------------------
 
-# Labels anyone who trains a model can choose: formulas for a spreadsheet,
-# rich markup, terminal escape sequences (set the window title, clear the
-# screen, a C1 CSI) and a bidirectional override; "-1.5" is a text label
-# (fractional labels stay text) that must stay a number in a CSV file.
-HOSTILE_LABELS = [
-    '=HYPERLINK("http://example.invalid/x","click")', "@SUM(1+1)", "-2+3", "[/x]",
-    "\x1b]0;pwned\x07\x1b[2Jred", "\x9b31mc1", "\u202eevil", "-1.5",
-]
-
-
 def _hostile_csv(path: Path) -> Path:
-    """Six identical rows per label, each label with its own feature set to 10."""
-    with open(path, "w", newline="") as target:
-        writer = csv.writer(target, lineterminator="\n")
-        for index, label in enumerate(HOSTILE_LABELS):
-            row = [10 if j == index else 0 for j in range(len(HOSTILE_LABELS))]
-            writer.writerows([row + [label]] * 6)
+    path.write_text(hostile_training_csv())
     return path
 
 
 def _hostile_rows(path: Path) -> Path:
-    """One row per label, in HOSTILE_LABELS' order."""
-    path.write_text("".join(",".join("10" if j == index else "0"
-                                     for j in range(len(HOSTILE_LABELS))) + "\n"
-                            for index in range(len(HOSTILE_LABELS))))
+    path.write_text(hostile_rows())
     return path
 
 

@@ -143,10 +143,14 @@ def test_bootstrap_creates_everything_as_defined(moto_session):
                                              "BlockPublicPolicy", "RestrictPublicBuckets")}
     assert s3.get_bucket_ownership_controls(Bucket=settings.bucket)["OwnershipControls"][
         "Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
-    # The dashboard PUTs files over 10 MB to a presigned URL from the API's origin.
+    # The dashboard PUTs files over 10 MB to a presigned URL from the API's origin,
+    # and GETs a model's pickle from one to check its SHA-256 (one rule: moto's
+    # preflight applies every rule in turn, not the first that matches as S3 does).
+    # moto's server lets any origin GET whatever the bucket says; S3 only as the rule allows.
     [cors] = s3.get_bucket_cors(Bucket=settings.bucket)["CORSRules"]
-    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["PUT"], "AllowedOrigins": ["*"],
-                    "AllowedHeaders": ["content-type"], "MaxAgeSeconds": 3600}
+    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["PUT", "GET"],
+                    "AllowedOrigins": ["*"], "AllowedHeaders": ["content-type"],
+                    "MaxAgeSeconds": 3600}
     table = dynamodb.describe_table(TableName=settings.table)["Table"]
     assert table["BillingModeSummary"]["BillingMode"] == "PAY_PER_REQUEST"
     assert dynamodb.describe_time_to_live(TableName=settings.table)["TimeToLiveDescription"] == {
