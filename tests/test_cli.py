@@ -397,18 +397,21 @@ def test_a_hostile_server_cannot_write_to_the_terminal(hostile_server, tmp_path)
         "delete": (3, ("delete", "m")),
         "train": (4, ("train", str(rows))),
     }
+    seen = {}
     for command, (expected, args) in runs.items():
         code, output = run_cli_on_a_terminal(hostile_server, *args)
         assert code == expected, (command, output)
         assert raw_controls(output) == [], (command, output)
         assert "[/x]\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202e" in output, (command, output)
+        seen[command] = code
     assert not (tmp_path / "m.pkl").exists()
     record("Client security", "Hostile server answers",
            "a local server answered list, status, predict, download, delete and train with "
            "ids, statuses, facts, metrics and error texts holding rich markup, OSC/CSI/C1 "
            "escapes and a bidi override; each command ran on a pseudo-terminal", len(runs),
-           "each exited with its usual code; no raw control character and no markup error "
-           "reached the terminal")
+           "exit codes " + ", ".join(f"{command} {code}" for command, code in seen.items())
+           + "; every hostile value shown with visible escapes, no raw control character "
+           "or markup error on the terminal")
 
 
 @pytest.mark.parametrize("columns", [80, 60])
@@ -458,8 +461,9 @@ def test_download_checks_the_sha256_before_writing(stack, model, tmp_path):
     record("Client security", "Tampered download",
            "replaced model.pkl in the bucket (its HMAC metadata kept) and ran ml-api download "
            "onto an existing file and onto a new path, with no signing key on the client",
-           len(refusals), "exit 5 with a SHA-256 mismatch each time; the existing file "
-           "unchanged, nothing else written; the genuine bytes then downloaded and verified")
+           len(refusals), f"exit {sorted({r.returncode for r in refusals})} with a SHA-256 "
+           "mismatch; the existing file unchanged, nothing else left in the folder; the "
+           f"genuine {len(blob):,} bytes then written after their SHA-256 matched")
 
 
 def test_delete_then_status_exits_3(api, model):
