@@ -461,7 +461,7 @@ def test_download_checks_the_sha256_before_writing(stack, model, tmp_path):
     record("Client security", "Tampered download",
            "replaced model.pkl in the bucket (its HMAC metadata kept) and ran ml-api download "
            "onto an existing file and onto a new path, with no signing key on the client",
-           len(refusals), f"exit {sorted({r.returncode for r in refusals})} with a SHA-256 "
+           len(refusals), f"exit {', '.join(sorted({str(r.returncode) for r in refusals}))} with a SHA-256 "
            "mismatch; the existing file unchanged, nothing else left in the folder; the "
            f"genuine {len(blob):,} bytes then written after their SHA-256 matched")
 

@@ -469,7 +469,9 @@ def test_hostile_labels_are_text_saved_csv_is_safe_and_downloads_are_checked(
                                    [value for value, _ in VISIBLE_TEXT])
     assert shown == [text for _, text in VISIBLE_TEXT]
 
-    browser.find_element(By.CSS_SELECTOR, f'#models li[data-model-id="{model_id}"] button').click()
+    item = f'#models li[data-model-id="{model_id}"] button'
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, item), "the model in the list")
+    browser.find_element(By.CSS_SELECTOR, item).click()
     _wait(browser, lambda b: b.find_element(By.ID, "predict").is_displayed(), "the predict form")
     browser.find_element(By.ID, "csv-rows").send_keys(hostile_rows())
     browser.find_element(By.ID, "csv-button").click()
@@ -509,7 +511,11 @@ def test_hostile_labels_are_text_saved_csv_is_safe_and_downloads_are_checked(
                         Metadata=metadata)
     try:
         browser.find_element(By.ID, "download-button").click()
-        _wait(browser, lambda b: "Not saved." in _text(b, "detail-message"), "the refusal")
+        try:
+            _wait(browser, lambda b: "Not saved." in _text(b, "detail-message"), "the refusal")
+        except AssertionError as error:
+            error.add_note(f"the page says: {_text(browser, 'detail-message')!r}")
+            raise
         refusal = _text(browser, "detail-message")
         time.sleep(1)  # a download, had one started, would show by now
         after = sorted(path.name for path in browser.downloads.iterdir())
