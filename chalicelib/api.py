@@ -17,7 +17,7 @@ from chalicelib.csvdata import CsvError
 from chalicelib.logs import log
 from chalicelib.security import ConfigurationError, TamperedArtifact
 from chalicelib.serving import ArtifactMissing
-from chalicelib.storage import SERVING_ARTIFACT, artifact_key
+from chalicelib.storage import artifact_key
 from chalicelib.training import TrainingOptions
 from chalicelib.service import (MAX_TTL_HOURS, InvalidRequest, ModelFailed, ModelNotFound,
                                 ModelTraining)
@@ -262,15 +262,20 @@ def predict(model_id: str, content_type: str | None, body: bytes) -> Response:
     except CsvError as error:
         first = PREDICT_JSON_REQUIRED if as_json else PREDICT_CSV_REQUIRED
         return _text(415, f"{first}\n{error}")
-    except ArtifactMissing:
-        return _text(409, f"Model {model_id} is marked ready but its artifact "
-                          f"{artifact_key(model_id, SERVING_ARTIFACT)} is missing from "
-                          "storage; train it again.")
-    except TamperedArtifact as error:
-        log("artifact.tampered", level=logging.ERROR, model_id=model_id, error=str(error))
-        return _text(409, f"Model {model_id} cannot be used: {error}; it was changed "
-                          "outside ml-api. Train it again.")
+    except (ArtifactMissing, TamperedArtifact) as error:
+        return _unusable_artifact(model_id, error)
     return _predictions(answer)
+
+
+def _unusable_artifact(model_id: str, error: ArtifactMissing | TamperedArtifact) -> Response:
+    if isinstance(error, ArtifactMissing):
+        _, name = error.args
+        return _text(409, f"Model {model_id} is marked ready but its artifact "
+                          f"{artifact_key(model_id, name)} is missing from "
+                          "storage; train it again.")
+    log("artifact.tampered", level=logging.ERROR, model_id=model_id, error=str(error))
+    return _text(409, f"Model {model_id} cannot be used: {error}; it was changed "
+                      "outside ml-api. Train it again.")
 
 
 # Lambda returns at most 6 MB from a synchronous call, counted on the whole
@@ -338,6 +343,8 @@ def artifact(model_id: str) -> Response:
         return _json(200, components.service().download(model_id))
     except (ModelNotFound, ModelTraining, ModelFailed) as error:
         return _not_ready(error)
+    except (ArtifactMissing, TamperedArtifact) as error:
+        return _unusable_artifact(model_id, error)
 
 
 @_unavailable_on_aws_failure

@@ -11,6 +11,8 @@ script (by their SHA-256), requests to its own origin, and POSTs to S3's
 (a file too large for one request goes to a presigned S3 form, as the CLI's
 does): text from the API (model ids, labels, error messages) is only ever
 set as text, and the policy refuses any script that would slip in anyway.
+The same S3 origins serve the GET of a model's pickle from its presigned
+link, which the page reads to check its SHA-256 before saving it.
 """
 from __future__ import annotations
 

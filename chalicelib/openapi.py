@@ -152,7 +152,8 @@ _SCHEMAS: dict[str, dict] = {
     "Artifact": {
         "description": "Where to download the fitted scikit-learn pipeline.",
         "type": "object",
-        "required": ["model_id", "url", "expires_in", "scikit_learn_version", "classes"],
+        "required": ["model_id", "url", "expires_in", "scikit_learn_version", "sha256",
+                     "classes"],
         "additionalProperties": True,
         "properties": {
             "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
@@ -163,9 +164,9 @@ _SCHEMAS: dict[str, dict] = {
             "format": {"type": "string"},
             "scikit_learn_version": {"type": "string",
                                      "description": "Unpickle with this version."},
-            "signature": {"type": "string",
-                          "description": "How to check the download's HMAC-SHA256 "
-                                         "(x-amz-meta-hmac-sha256 header)."},
+            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$",
+                       "description": "SHA-256 (hex) of the pickle's bytes: check the "
+                                      "download against it before unpickling."},
             "classes": {"type": "array", "items": _schema("Label")},
         },
     },
@@ -286,6 +287,14 @@ _PREDICT_BODY = {
 }
 
 
+_UNUSABLE_MODEL = {
+    "description": "Training failed (JSON), or the model's artifact is missing or was "
+                   "changed outside ml-api (text).",
+    "content": {"application/json": {"schema": _schema("TrainingFailed")},
+                "text/plain": {"schema": {"type": "string"}}},
+}
+
+
 def _predict(operation_id: str, summary: str) -> dict:
     return {
         "operationId": operation_id,
@@ -295,12 +304,7 @@ def _predict(operation_id: str, summary: str) -> dict:
             "202": _json("One prediction per row, in order.", _schema("Predictions")),
             "200": _json("The model is still training.", _schema("ModelTraining")),
             "404": _response("NotFound"),
-            "409": {
-                "description": "Training failed (JSON), or the model's artifact is missing "
-                               "or was changed outside ml-api (text).",
-                "content": {"application/json": {"schema": _schema("TrainingFailed")},
-                            "text/plain": {"schema": {"type": "string"}}},
-            },
+            "409": _UNUSABLE_MODEL,
             "413": _response("TooLarge"),
             "415": _text("'Please post data in csv format.' (for JSON, a sentence naming the "
                          "shapes it takes), then on a second line what is wrong with the rows."),
@@ -403,7 +407,7 @@ _PATHS: dict[str, dict] = {
                 "200": _json("The link and how to use it, or the model is still training.",
                              {"anyOf": [_schema("Artifact"), _schema("ModelTraining")]}),
                 "404": _response("NotFound"),
-                "409": _json("Training failed.", _schema("TrainingFailed")),
+                "409": _UNUSABLE_MODEL,
                 **_EVERY_ROUTE,
             },
         },

@@ -63,6 +63,10 @@ class ModelRecord:
     options: str | None = None  # the training options, as JSON
     feature_names: list | None = None
     metrics: dict | None = None
+    # model.pkl's SHA-256, which clients check downloads against: kept here,
+    # apart from the bucket, so whoever can write to the bucket cannot change
+    # the artifact and its digest together.
+    pipeline_sha256: str | None = None
 
     @property
     def visible(self) -> bool:
@@ -229,6 +233,7 @@ class ModelRegistry:
             options=item.get("options"),
             feature_names=json.loads(item["feature_names"]) if "feature_names" in item else None,
             metrics=json.loads(item["metrics"]) if "metrics" in item else None,
+            pipeline_sha256=item.get("pipeline_sha256"),
         )
 
     def page(self, limit: int, token: str | None = None,
@@ -310,9 +315,11 @@ class ModelRegistry:
     def mark_ready(self, model_id: str, classes: list, owner: str,
                    serving: tuple[bytes, str] | None = None, metrics: dict | None = None,
                    shape: tuple[int, int] | None = None,
-                   feature_names: list[str] | None = None) -> bool:
+                   feature_names: list[str] | None = None,
+                   pipeline_sha256: str | None = None) -> bool:
         """Ready, with what training learnt: the classes, the serving arrays
-        (when small enough), the metrics and, for uploads, the data's shape."""
+        (when small enough), the metrics, for uploads the data's shape, and
+        model.pkl's SHA-256."""
         extra = {} if serving is None else {"serving": serving[0], "serving_hmac": serving[1]}
         if metrics is not None:
             extra["metrics"] = json.dumps(metrics)
@@ -320,6 +327,8 @@ class ModelRegistry:
             extra["n_rows"], extra["n_features"] = shape
         if feature_names is not None:
             extra["feature_names"] = json.dumps(feature_names)
+        if pipeline_sha256 is not None:
+            extra["pipeline_sha256"] = pipeline_sha256
         return self._transition(model_id, self._HELD, Status.READY, self._held_by(owner),
                                 classes=json.dumps(classes), **extra)
 

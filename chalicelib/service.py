@@ -17,9 +17,8 @@ from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
                                  Status, now_iso)
-from chalicelib.serving import Predictor
-from chalicelib.storage import (PIPELINE_ARTIFACT, ArtifactStore, artifact_key, dataset_key,
-                                upload_key)
+from chalicelib.serving import ArtifactMissing, Predictor
+from chalicelib.storage import PIPELINE_ARTIFACT, ArtifactStore, dataset_key, upload_key
 from chalicelib.training import TrainingOptions
 
 
@@ -164,16 +163,21 @@ class ModelService:
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 
     def download(self, model_id: str, expires_in: int = 3600) -> dict:
-        """Where to fetch the model's scikit-learn pipeline, for a ready model."""
+        """Where to fetch the model's scikit-learn pipeline, for a ready model,
+        and the SHA-256 to check the download against (no secret needed)."""
         record = self._ready_record(model_id)
+        # Items written before the digest was stored: from the signed artifact.
+        sha256 = (record.pipeline_sha256
+                  or self._store.artifact_sha256(model_id, PIPELINE_ARTIFACT))
+        if sha256 is None:
+            raise ArtifactMissing(model_id, PIPELINE_ARTIFACT)
         return {
             "model_id": model_id,
             "url": self._store.artifact_url(model_id, PIPELINE_ARTIFACT, expires_in),
             "expires_in": expires_in,
             "format": "pickle of a scikit-learn Pipeline (StandardScaler, LogisticRegression)",
             "scikit_learn_version": importlib.metadata.version("scikit-learn"),
-            "signature": f"HMAC-SHA256 of '{artifact_key(model_id, PIPELINE_ARTIFACT)}\\n' "
-                         "+ the bytes, in the x-amz-meta-hmac-sha256 header",
+            "sha256": sha256,
             "classes": record.classes,
         }
 

@@ -21,7 +21,7 @@ from chalicelib.storage import SERVING_ARTIFACT, ArtifactStore
 
 
 class ArtifactMissing(Exception):
-    pass
+    """A ready model's artifact is not in storage: ArtifactMissing(model_id, name)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +128,7 @@ class Predictor:
         else:
             blob = self._store.get_artifact(model_id, SERVING_ARTIFACT)
             if blob is None:
-                raise ArtifactMissing(model_id)
+                raise ArtifactMissing(model_id, SERVING_ARTIFACT)
             model = ServingModel.from_bytes(blob)
         with self._lock:
             self._entries[model_id] = (model, self._clock())

@@ -1,6 +1,8 @@
 """S3 artifacts: the one place that knows the key layout."""
 from __future__ import annotations
 
+import hashlib
+
 from botocore.exceptions import ClientError
 
 from chalicelib.security import SIGNATURE_METADATA, ArtifactSigner
@@ -98,18 +100,28 @@ class ArtifactStore:
             self._s3.delete_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
 
     def artifact_url(self, model_id: str, name: str, expires_in: int) -> str:
-        """A presigned GET for the artifact; its signature comes back in the
-        x-amz-meta-hmac-sha256 header of the download."""
+        """A presigned GET for the artifact. Clients check the download against
+        its SHA-256 (put_artifact's answer), which needs no secret."""
         return self._s3.generate_presigned_url(
             "get_object", Params={"Bucket": self._bucket, "Key": artifact_key(model_id, name)},
             ExpiresIn=expires_in)
 
-    def put_artifact(self, model_id: str, name: str, blob: bytes) -> None:
+    def put_artifact(self, model_id: str, name: str, blob: bytes) -> str:
+        """Stores the artifact, signed; returns its SHA-256 (hex), for the
+        registry to hand to clients, who check downloads without the key."""
         # A single PUT is atomic in S3: readers see the whole object or none,
         # and the signature arrives with the bytes it signs.
         self._s3.put_object(Bucket=self._bucket, Key=artifact_key(model_id, name), Body=blob,
                             ContentType="application/octet-stream",
                             Metadata={SIGNATURE_METADATA: self.sign(model_id, name, blob)})
+        return hashlib.sha256(blob).hexdigest()
+
+    def artifact_sha256(self, model_id: str, name: str) -> str | None:
+        """The SHA-256 of the stored artifact once its signature checks out
+        (TamperedArtifact if not); None if there is none. For models whose
+        registry item predates the stored digest."""
+        blob = self.get_artifact(model_id, name)
+        return None if blob is None else hashlib.sha256(blob).hexdigest()
 
     def get_artifact(self, model_id: str, name: str) -> bytes | None:
         """The artifact's bytes once their signature checks out (TamperedArtifact

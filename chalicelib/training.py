@@ -194,15 +194,16 @@ class Trainer:
             data = parse_training(self._dataset(message.dataset_key), options.header)
             pipeline, metrics = train_and_evaluate(data, options)
             # Both artifacts before READY: a reader never sees a ready model without them.
-            self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
-                                     pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
+            pipeline_sha256 = self._store.put_artifact(
+                message.model_id, PIPELINE_ARTIFACT,
+                pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
             serving = ServingModel.from_pipeline(pipeline, data.feature_names).to_bytes()
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
             embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)
             marked = self._registry.mark_ready(
                 message.model_id, data.classes, owner, embedded, metrics,
-                (data.n_rows, data.n_features), data.feature_names)
+                (data.n_rows, data.n_features), data.feature_names, pipeline_sha256)
         except (CsvError, ValueError) as error:
             self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)

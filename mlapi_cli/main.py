@@ -2,15 +2,24 @@
 
 Exit codes: 0 ok, 2 usage, 3 not found (404), 4 rejected input (400, 409,
 413, 415 and other 4xx; a failed training with --wait), 5 server or network
-error (5xx, connection errors, timeouts). Errors are one line on stderr.
+error (5xx, connection errors, timeouts, a download that fails its SHA-256
+check). Errors are one line on stderr.
+
+Everything the server sends is untrusted: it reaches the terminal through
+mlapi_cli.output (`visible`, `shown`) and CSV files through
+`spreadsheet_cell`.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
+import hashlib
 import io
 import json
 import os
+import re
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +27,15 @@ from pathlib import Path
 import click
 import requests
 from requests_toolbelt import MultipartEncoder, MultipartEncoderMonitor
+from rich import box
 from rich.console import Console
+from rich.measure import Measurement
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn,
                            TimeRemainingColumn, TransferSpeedColumn)
 from rich.table import Table
+from rich.text import Text
+
+from mlapi_cli.output import shown, spreadsheet_cell, visible
 
 EXIT_OK = 0
 EXIT_NOT_FOUND = 3
@@ -139,7 +153,7 @@ class _Group(click.Group):
         try:
             return super().invoke(ctx)
         except CliError as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {visible(_one_line(str(error)))}", err=True)
             ctx.exit(error.code)
 
 
@@ -200,7 +214,7 @@ def _upload(client: Client, path: Path) -> str:
     if size > ticket["max_bytes"]:
         raise CliError(f"{path} is {size:,} bytes; the service takes uploads of at most "
                        f"{ticket['max_bytes']:,} bytes", EXIT_REJECTED)
-    columns = [TextColumn("uploading {task.description}"), BarColumn(), DownloadColumn(),
+    columns = [TextColumn("uploading {task.description}", markup=False), BarColumn(), DownloadColumn(),
                TransferSpeedColumn(), TimeRemainingColumn()]
     with open(path, "rb") as source, Progress(*columns, console=stderr,
                                               transient=True) as progress:
@@ -216,15 +230,15 @@ def _upload(client: Client, path: Path) -> str:
 
 def _metrics_table(status: dict) -> Table:
     metrics = status.get("metrics") or {}
-    table = Table(title=f"{status.get('model_id', '')} metrics "
-                        f"({metrics.get('evaluated_on', 'n/a')})")
+    table = Table(title=shown(f"{status.get('model_id', '')} metrics "
+                              f"({metrics.get('evaluated_on', 'n/a')})"))
     table.add_column("class")
     for name in ("precision", "recall", "f1", "support"):
         table.add_column(name, justify="right")
     for row in metrics.get("per_class") or []:
-        table.add_row(str(row.get("class")), *(_fmt(row.get(name))
-                                                for name in ("precision", "recall", "f1",
-                                                             "support")))
+        table.add_row(shown(row.get("class")), *(_fmt(row.get(name))
+                                                 for name in ("precision", "recall", "f1",
+                                                              "support")))
     table.add_section()
     for name in ("accuracy", "log_loss", "macro_f1"):
         if name in metrics:
@@ -232,15 +246,15 @@ def _metrics_table(status: dict) -> Table:
     return table
 
 
-def _fmt(value) -> str:
+def _fmt(value) -> Text:
     if isinstance(value, float):
-        return f"{value:.4f}"
-    return "" if value is None else str(value)
+        return Text(f"{value:.4f}")
+    return shown("" if value is None else value)
 
 
 def _wait(client: Client, model_id: str, timeout: float) -> dict:
     deadline = time.monotonic() + timeout
-    with stderr.status(f"training {model_id}...", spinner="dots"):
+    with stderr.status(shown(f"training {model_id}..."), spinner="dots"):
         while True:
             status = client.status(model_id)
             if status.get("status") != TRAINING:
@@ -280,10 +294,10 @@ def train(client, data, header, c, max_iter, class_weight, no_intercept, holdout
                                  json={"upload_id": upload_id}).json()
     model_id = created["model_id"]
     if not wait:
-        _print_json(created) if client.as_json else click.echo(model_id)
+        _print_json(created) if client.as_json else click.echo(visible(model_id))
         return
     if not client.as_json:
-        click.echo(model_id)
+        click.echo(visible(model_id))
     status = _wait(client, model_id, timeout)
     if client.as_json:
         _print_json(status)
@@ -363,14 +377,18 @@ def predict(client, model_id, rows, output):
             raise
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["label", *(f"p_{name}" for name in classes)])
+    writer.writerow([spreadsheet_cell(cell) for cell in
+                     ["label", *(f"p_{name}" for name in classes)]])
     for label, probabilities in results:
-        writer.writerow([label, *(repr(float(p)) for p in probabilities)])
+        writer.writerow([spreadsheet_cell(label), *(repr(float(p)) for p in probabilities)])
     if output is None:
-        click.echo(buffer.getvalue(), nl=False)
+        # A file or pipe gets the data as it is; a terminal sees it, so its
+        # control characters are shown, not obeyed.
+        text = buffer.getvalue()
+        click.echo(visible(text) if sys.stdout.isatty() else text, nl=False)
     else:
         output.write_text(buffer.getvalue())
-        click.echo(f"wrote {len(results)} predictions to {output}", err=True)
+        click.echo(f"wrote {len(results)} predictions to {visible(output)}", err=True)
 
 
 # --- status, list, delete, download -------------------------------------------------
@@ -384,16 +402,52 @@ def status(client, model_id):
     if client.as_json:
         _print_json(answer)
         return
-    table = Table(show_header=False, title=model_id)
+    table = Table(show_header=False, title=shown(model_id))
     table.add_column("fact", style="bold")
     table.add_column("value")
     for key, value in answer.items():
         if key == "metrics":
             continue
-        table.add_row(key, value if isinstance(value, str) else json.dumps(value))
+        table.add_row(shown(key), shown(value if isinstance(value, str)
+                                        else json.dumps(value, ensure_ascii=False)))
     stdout.print(table)
     if answer.get("metrics"):
         stdout.print(_metrics_table(answer))
+
+
+# `ml-api list`'s columns in the order shown, and the order in which they give
+# way on a narrow terminal: the id never does, and is never wrapped, since
+# people copy it (nor is the creation time while it is shown).
+_LIST_COLUMNS = ("model_id", "status", "created_at", "n_rows", "n_features", "accuracy")
+_LIST_PRIORITY = ("model_id", "status", "accuracy", "created_at", "n_rows", "n_features")
+_UNWRAPPED = ("model_id", "created_at")
+# The words of `list --status` (and of the dashboard's badges), shorter than the seed's texts.
+_STATUS_WORDS = {TRAINING: "training", READY: "ready", FAILED: "failed"}
+
+
+def _list_table(models: list[dict], width: int) -> Table | None:
+    """The widest table of models that fits `width` columns without wrapping
+    an id; None if not even the ids alone fit."""
+    rows = [{"model_id": shown(model.get("model_id")),
+             "status": shown(_STATUS_WORDS.get(model.get("status"), model.get("status"))),
+             "created_at": shown(model.get("created_at") or ""),
+             "n_rows": _fmt(model.get("n_rows")), "n_features": _fmt(model.get("n_features")),
+             "accuracy": _fmt((model.get("metrics") or {}).get("accuracy"))}
+            for model in models]
+    for kept in range(len(_LIST_PRIORITY), 0, -1):
+        names = [name for name in _LIST_COLUMNS if name in _LIST_PRIORITY[:kept]]
+        table = Table(box=box.SIMPLE_HEAD, show_edge=False, pad_edge=False)
+        for name in names:
+            widest = max([len(name), *(row[name].cell_len for row in rows)])
+            table.add_column(name, justify="right" if name.startswith(("n_", "acc")) else "left",
+                             no_wrap=name in _UNWRAPPED,
+                             min_width=widest if name in _UNWRAPPED else None)
+        for row in rows:
+            table.add_row(*(row[name] for name in names))
+        unlimited = stdout.options.update_width(max(width, 10_000))
+        if Measurement.get(stdout, unlimited, table).minimum <= width:
+            return table
+    return None
 
 
 @cli.command(name="list")
@@ -420,17 +474,12 @@ def list_models(client, state, everything, limit):
     if client.as_json:
         _print_json({"models": models, "next": token})
         return
-    table = Table()
-    for name in ("model_id", "status", "created_at", "n_rows", "n_features", "accuracy"):
-        # ids and times are copied from here: never shortened with an ellipsis
-        table.add_column(name, justify="right" if name.startswith(("n_", "acc")) else "left",
-                         overflow="fold")
-    for model in models:
-        accuracy = (model.get("metrics") or {}).get("accuracy")
-        table.add_row(str(model.get("model_id")), str(model.get("status")),
-                      str(model.get("created_at") or ""), _fmt(model.get("n_rows")),
-                      _fmt(model.get("n_features")), _fmt(accuracy))
-    stdout.print(table)
+    table = _list_table(models, stdout.width)
+    if table is not None:
+        stdout.print(table)
+    else:  # narrower than an id: one id a line, which the terminal may wrap but not split
+        for model in models:
+            stdout.print(shown(model.get("model_id")), soft_wrap=True)
     if token:
         click.echo("more models follow: use --all", err=True)
 
@@ -452,22 +501,57 @@ def delete(client, model_id):
 @click.argument("destination", type=click.Path(dir_okay=False, path_type=Path))
 @pass_client
 def download(client, model_id, destination):
-    """Download MODEL's pickled scikit-learn pipeline to DESTINATION.
-    Check its signature before unpickling it (see the README)."""
+    """Download MODEL's pickled scikit-learn pipeline to DESTINATION, checked
+    against the SHA-256 the service gives: a file that does not match is
+    never written (an existing DESTINATION stays as it was)."""
     answer = client.request("GET", f"/models/{model_id}/artifact").json()
     if "url" not in answer:
         raise CliError(f"model {model_id}: {answer.get('status', answer)}", EXIT_REJECTED)
+    expected = answer.get("sha256")
+    if not (isinstance(expected, str) and _SHA256.fullmatch(expected)):
+        raise CliError(f"the service gave no SHA-256 for {model_id}'s artifact, so the "
+                       "download cannot be checked; nothing written", EXIT_SERVER)
     fetched = client.request("GET", answer["url"], absolute=True, stream=True)
-    partial = destination.with_name(destination.name + ".part")
-    with open(partial, "wb") as target:
-        for chunk in fetched.iter_content(UPLOAD_CHUNK):
-            target.write(chunk)
-    os.replace(partial, destination)
-    signature = fetched.headers.get("x-amz-meta-hmac-sha256")
+    actual = _verified_write(fetched, destination, expected)
     if client.as_json:
-        _print_json({**answer, "path": str(destination), "hmac_sha256": signature})
+        _print_json({**answer, "sha256": actual, "path": str(destination)})
     else:
-        click.echo(f"wrote {destination} ({destination.stat().st_size} bytes)")
+        click.echo(f"wrote {visible(destination)} ({destination.stat().st_size} bytes, "
+                   f"SHA-256 {actual})")
+
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def _verified_write(fetched: requests.Response, destination: Path, expected: str) -> str:
+    """Streams the download into a temporary file beside `destination` (so the
+    rename is atomic), hashing it; renames it into place only if its SHA-256 is
+    `expected`, else deletes it. Returns the digest."""
+    digest = hashlib.sha256()
+    temporary = tempfile.NamedTemporaryFile(dir=destination.parent, prefix=f".{destination.name}.",
+                                            suffix=".part", delete=False)
+    try:
+        with temporary:
+            try:
+                for chunk in fetched.iter_content(UPLOAD_CHUNK):
+                    digest.update(chunk)
+                    temporary.write(chunk)
+            except requests.RequestException as error:
+                raise CliError(f"the download broke off: {_one_line(str(error))}; nothing "
+                               "written", EXIT_SERVER) from error
+        if digest.hexdigest() != expected:
+            raise CliError(f"the download's SHA-256 is {digest.hexdigest()}, not {expected} as "
+                           "the service says: it was changed in storage or on the way; "
+                           f"{destination} not written", EXIT_SERVER)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary.name, 0o666 & ~umask)  # as an ordinary new file, not 0600
+        os.replace(temporary.name, destination)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary.name)
+        raise
+    return digest.hexdigest()
 
 
 if __name__ == "__main__":

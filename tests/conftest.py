@@ -1,6 +1,8 @@
 """Shared fixtures: moto's in-process AWS for fast unit tests."""
 from __future__ import annotations
 
+import csv
+import io
 import os
 import random
 from pathlib import Path
@@ -75,3 +77,56 @@ def keyed(aws, monkeypatch):
     components.reset()
     with Client(app, stage_name="prod") as client:
         yield client
+
+
+# What both clients (mlapi_cli/output.py and the dashboard's script) must make
+# of a value before it goes into a CSV file: (value, the cell written). Text a
+# spreadsheet would run as a formula gets an apostrophe (OWASP's CSV-injection
+# list: = + - @ tab CR at the start); plain numbers, as numbers or as text,
+# stay numbers.
+SPREADSHEET_CELLS = [
+    ('=HYPERLINK("http://example.invalid/x","click")',
+     '\'=HYPERLINK("http://example.invalid/x","click")'),
+    ("+1+1", "'+1+1"), ("-2+3", "'-2+3"), ("@SUM(A1:A9)", "'@SUM(A1:A9)"),
+    ("-cmd|' /C calc'!A0", "'-cmd|' /C calc'!A0"), ("\t=1", "'\t=1"), ("\r=1", "'\r=1"),
+    ("-", "'-"), ("-inf", "'-inf"), ("- 1", "'- 1"), ("-1.5.2", "'-1.5.2"),
+    ("-1.5", "-1.5"), ("+2", "+2"), ("-1e-05", "-1e-05"), ("-.5E3", "-.5E3"), ("-7", "-7"),
+    ("setosa", "setosa"), ("a=b", "a=b"), ("1-2", "1-2"), (" =1", " =1"), ("", ""),
+    (-1.5, -1.5), (-3, -3), (0.25, 0.25), (7, 7),
+]
+
+# What both clients show for a value from the server: control characters (C0
+# but the line feed, DEL, C1) and bidirectional controls as escapes.
+VISIBLE_TEXT = [
+    ("setosa", "setosa"), ("[/x]", "[/x]"), ("two\nlines", "two\nlines"),
+    ("\x1b]0;pwned\x07title", "\\x1b]0;pwned\\x07title"), ("\x1b[2Jred", "\\x1b[2Jred"),
+    ("\x9b31m", "\\x9b31m"), ("a\rb\tc\x00d\x7f", "a\\x0db\\x09c\\x00d\\x7f"),
+    ("\u202eevil\u2066", "\\u202eevil\\u2066"),
+    ("caf\u00e9 \u00a0 \u4e2d", "caf\u00e9 \u00a0 \u4e2d"),
+]
+
+# Labels anyone who trains a model can choose: formulas for a spreadsheet,
+# rich markup, terminal escape sequences (set the window title, clear the
+# screen, a C1 CSI) and a bidirectional override; "-1.5" is a text label
+# (fractional labels stay text) that must stay a number in a CSV file.
+HOSTILE_LABELS = [
+    '=HYPERLINK("http://example.invalid/x","click")', "@SUM(1+1)", "-2+3", "[/x]",
+    "\x1b]0;pwned\x07\x1b[2Jred", "\x9b31mc1", "\u202eevil", "-1.5",
+]
+
+
+def hostile_training_csv() -> str:
+    """Six identical rows per label in HOSTILE_LABELS, each label with its own
+    feature set to 10."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    for index, label in enumerate(HOSTILE_LABELS):
+        row = [10 if j == index else 0 for j in range(len(HOSTILE_LABELS))]
+        writer.writerows([row + [label]] * 6)
+    return text.getvalue()
+
+
+def hostile_rows() -> str:
+    """One feature row per label, in HOSTILE_LABELS' order."""
+    return "".join(",".join("10" if j == index else "0" for j in range(len(HOSTILE_LABELS)))
+                   + "\n" for index in range(len(HOSTILE_LABELS)))

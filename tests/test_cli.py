@@ -3,17 +3,32 @@ started the way `make run` starts it on free ports (tests/stack.py), run as a
 subprocess. The stack starts once for the module; every wait is bounded."""
 from __future__ import annotations
 
+import csv
+import fcntl
+import hashlib
+import http.server
+import io
 import json
 import os
 import pickle
+import pty
+import re
+import select
+import struct
 import subprocess
 import sys
+import termios
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key
 from devstack.ports import free_ports
-from tests.conftest import two_class_lines
+from tests.conftest import (HOSTILE_LABELS, SPREADSHEET_CELLS, VISIBLE_TEXT,
+                            hostile_rows, hostile_training_csv, two_class_lines)
+from tests.reliability import record
 from tests.stack import running_stack
 
 pytestmark = pytest.mark.e2e
@@ -33,26 +48,83 @@ MAX_UPLOAD_BYTES = 8 * 1024 * 1024
 def stack(tmp_path_factory):
     """The local stack; stopped with SIGINT (Ctrl-C) afterwards."""
     with running_stack(tmp_path_factory.mktemp("devstack-cli"),
-                       env={"MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as stack:
-        yield stack
+                       env={"MAX_UPLOAD_BYTES": str(MAX_UPLOAD_BYTES)}) as running:
+        yield running
 
 
 @pytest.fixture(scope="module")
 def api(stack):
+    """The local stack's API URL."""
     return stack.api
 
 
-def run_cli(api: str | None, *args: str, timeout: float = CLI_TIMEOUT):
+def _cli_environment(api: str | None, columns: int) -> dict[str, str]:
     env = os.environ.copy()
     env.pop("ML_API_KEY", None)
     env["NO_PROXY"] = env["no_proxy"] = "127.0.0.1,localhost"
-    env["COLUMNS"] = "200"
+    env["COLUMNS"] = str(columns)
     if api is None:
         env.pop("ML_API_URL", None)
     else:
         env["ML_API_URL"] = api
-    return subprocess.run([*CLI, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    return env
+
+
+def run_cli(api: str | None, *args: str, timeout: float = CLI_TIMEOUT, columns: int = 200):
+    return subprocess.run([*CLI, *args], cwd=REPO, env=_cli_environment(api, columns),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_on_a_terminal(api: str | None, *args: str, columns: int = 80, term: str = "dumb",
+                          timeout: float = CLI_TIMEOUT) -> tuple[int, str]:
+    """The command as a person runs it: stdout and stderr on a terminal (a
+    pseudo-terminal `columns` wide), so click and rich write what they write
+    to a screen (click strips ANSI sequences only when writing to a file or
+    pipe). With TERM=dumb rich adds no styles of its own (and takes the
+    screen as 80 columns wide), and the terminal passes bytes through
+    untranslated, so every control character in the output came from the
+    data. Returns (exit code, output)."""
+    env = _cli_environment(api, columns)
+    del env["COLUMNS"]  # rich asks the terminal
+    env["TERM"] = term
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    attributes = termios.tcgetattr(terminal)
+    attributes[1] &= ~termios.OPOST  # no "\n" -> "\r\n"
+    termios.tcsetattr(terminal, termios.TCSANOW, attributes)
+    process = subprocess.Popen([*CLI, *args], cwd=REPO, env=env, stdin=subprocess.DEVNULL,
+                               stdout=terminal, stderr=terminal)
+    os.close(terminal)
+    output, deadline = bytearray(), time.monotonic() + timeout
+    try:
+        while True:
+            ready, _, _ = select.select([controller], [], [], max(0.0, deadline - time.monotonic()))
+            if not ready:
+                process.kill()
+                pytest.fail(f"ml-api {' '.join(args)} still running after {timeout} s: "
+                            f"{output.decode(errors='replace')}")
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the command has closed the terminal
+                break
+            if not chunk:
+                break
+            output += chunk
+        code = process.wait(timeout=max(1.0, deadline - time.monotonic()))
+    finally:
+        os.close(controller)
+    return code, output.decode("utf-8", errors="replace")
+
+
+# Written out here rather than imported from mlapi_cli: C0 but "\n", DEL, C1, and
+# the bidirectional controls.
+_RAW_CONTROL = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e"
+                          "\u2066-\u2069]")
+
+
+def raw_controls(text: str) -> list[str]:
+    """The control characters in `text` (which would act on a terminal)."""
+    return sorted(set(_RAW_CONTROL.findall(text)))
 
 
 @pytest.fixture(scope="module")
@@ -215,6 +287,234 @@ def test_batches_count_rows_as_the_lambda_event_does():
     assert [end - start for start, end in spans] == [873, 873, 254]
     assert all(sum(event_bytes(row) + 2 for row in rows[a:b]) <= PREDICT_BODY_BUDGET
                for a, b in spans)
+
+
+# --- values from the server: shown as text, saved as data -----------------------------
+
+def _hostile_csv(path: Path) -> Path:
+    path.write_text(hostile_training_csv())
+    return path
+
+
+def _hostile_rows(path: Path) -> Path:
+    path.write_text(hostile_rows())
+    return path
+
+
+@pytest.fixture(scope="module")
+def hostile_model(stack, tmp_path_factory) -> str:
+    """A model trained (over HTTP) on HOSTILE_LABELS."""
+    body = _hostile_csv(tmp_path_factory.mktemp("hostile") / "train.csv").read_bytes()
+    created = stack.http.post(f"{stack.api}/models", data=body,
+                              headers={"Content-Type": "text/csv"}, timeout=30)
+    assert created.status_code == 201, created.text
+    model_id = created.json()["model_id"]
+    status = stack.wait_for_training(model_id)
+    assert status["status"] == "Ready to Use", status
+    assert sorted(status["classes"]) == sorted(HOSTILE_LABELS)
+    return model_id
+
+
+@pytest.mark.parametrize("value, cell", SPREADSHEET_CELLS)
+def test_spreadsheet_cells(value, cell):
+    from mlapi_cli.output import spreadsheet_cell
+    assert spreadsheet_cell(value) == cell
+
+
+@pytest.mark.parametrize("value, shown", VISIBLE_TEXT)
+def test_visible_text(value, shown):
+    from mlapi_cli.output import visible
+    assert visible(value) == shown
+
+
+def test_hostile_labels_are_shown_as_text_on_a_terminal(stack, hostile_model, tmp_path):
+    """train --wait, status and predict on a terminal: rich markup in a label
+    is text (it crashed `status` with a MarkupError), and no label's control
+    characters reach the terminal."""
+    runs = {
+        "train --wait": run_cli_on_a_terminal(
+            stack.api, "train", str(_hostile_csv(tmp_path / "train.csv")), "--wait"),
+        "status": run_cli_on_a_terminal(stack.api, "status", hostile_model),
+        "predict": run_cli_on_a_terminal(stack.api, "predict", hostile_model,
+                                         str(_hostile_rows(tmp_path / "rows.csv"))),
+    }
+    for command, (code, output) in runs.items():
+        assert code == 0, (command, output)
+        assert raw_controls(output) == [], (command, output)
+        assert "MarkupError" not in output and "[/x]" in output, (command, output)
+        assert "\\x1b]0;pwned\\x07\\x1b[2Jred" in output, (command, output)
+        assert "\\x9b31mc1" in output and "\\u202eevil" in output, (command, output)
+    # On a terminal, predict shows the CSV it would write (escaped the same way).
+    shown = list(csv.reader(io.StringIO(runs["predict"][1], newline="")))
+    assert [row[0] for row in shown[1:]] == [
+        "'" + HOSTILE_LABELS[0], "'@SUM(1+1)", "'-2+3", "[/x]", "\\x1b]0;pwned\\x07\\x1b[2Jred",
+        "\\x9b31mc1", "\\u202eevil", "-1.5"], shown
+    record("Client security", "Labels with markup and control characters",
+           "trained a model whose labels are rich markup ([/x]), OSC/CSI escape sequences, a "
+           "C1 CSI and a bidi override, then ran train --wait, status and predict on a "
+           "pseudo-terminal", len(runs),
+           f"exit 0 each; {sum(len(o) for _, o in runs.values())} characters of output, no "
+           "raw control character, the labels shown as text with \\x1b-style escapes")
+
+
+def test_predict_csv_escapes_formulas_and_keeps_numbers(stack, hostile_model, tmp_path):
+    output = tmp_path / "out.csv"
+    result = run_cli(stack.api, "predict", hostile_model,
+                     str(_hostile_rows(tmp_path / "rows.csv")), "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    header, *rows = list(csv.reader(io.StringIO(output.read_text(), newline="")))
+    classes = json.loads(run_cli(stack.api, "--json", "status", hostile_model).stdout)["classes"]
+    assert header == ["label", *(f"p_{name}" for name in classes)]
+    labels = [row[0] for row in rows]
+    # The file is data: the labels as trained, but a spreadsheet never runs one.
+    assert labels == ["'" + HOSTILE_LABELS[0], "'@SUM(1+1)", "'-2+3", "[/x]",
+                      "\x1b]0;pwned\x07\x1b[2Jred", "\x9b31mc1", "\u202eevil", "-1.5"]
+    probabilities = [float(p) for row in rows for p in row[1:]]
+    assert len(probabilities) == len(rows) * len(classes)
+    record("Client security", "CSV injection in predict's output",
+           "predicted one row per label (formulas with = @ -, markup, escapes, the text "
+           "label -1.5) with ml-api predict --output and read the file back as CSV",
+           len(rows), f"{sum(label.startswith(chr(39)) for label in labels)} formula labels "
+           "written with a leading apostrophe, -1.5 and the probabilities as numbers")
+
+
+HOSTILE = "[/x]\x1b]0;pwned\x07\x1b[2J\x9b31m\u202e"
+_TEXT = "text/plain; charset=utf-8"
+
+
+class _HostileServer(http.server.BaseHTTPRequestHandler):
+    """A server (or anything between the client and the service) answering
+    every route with values meant for a terminal."""
+
+    def _answer(self, status: int, body, content_type: str = "application/json") -> None:
+        data = (json.dumps(body) if content_type == "application/json" else body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        if self.path.startswith("/models?") or self.path == "/models":
+            self._answer(200, {"models": [{"model_id": "model_" + HOSTILE, "status": HOSTILE,
+                                           "created_at": HOSTILE, "n_rows": HOSTILE,
+                                           "n_features": 1, "metrics": {"accuracy": HOSTILE}}],
+                               "next": None})
+        elif self.path.startswith("/check_model_status/"):
+            self._answer(200, {"status": "Ready to Use", "model_id": HOSTILE, HOSTILE: HOSTILE,
+                               "classes": [HOSTILE],
+                               "metrics": {"evaluated_on": HOSTILE, "accuracy": 0.5,
+                                           "per_class": [{"class": HOSTILE, "precision": 1,
+                                                          "recall": 1, "f1": 1, "support": 1}]}})
+        elif self.path.endswith("/artifact"):
+            self._answer(409, {"status": "Training Failed", "error": HOSTILE})
+        else:
+            self.do_DELETE()
+
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._answer(415, f"Please post data in csv format.\n{HOSTILE}", _TEXT)
+
+    def do_DELETE(self):
+        self._answer(404, f"no {HOSTILE}\nsecond line {HOSTILE}", _TEXT)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture
+def hostile_server():
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", free_ports(1)[0]), _HostileServer)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+def test_a_hostile_server_cannot_write_to_the_terminal(hostile_server, tmp_path):
+    """Every value a server sends (ids, statuses, facts, metrics, error texts)
+    reaches the terminal as text, in every command."""
+    rows = tmp_path / "rows.csv"
+    rows.write_text("1\n")
+    runs = {
+        "list": (0, ("list",)),
+        "status": (0, ("status", "m")),
+        "predict": (4, ("predict", "m", str(rows))),
+        "download": (4, ("download", "m", str(tmp_path / "m.pkl"))),
+        "delete": (3, ("delete", "m")),
+        "train": (4, ("train", str(rows))),
+    }
+    seen = {}
+    for command, (expected, args) in runs.items():
+        code, output = run_cli_on_a_terminal(hostile_server, *args)
+        assert code == expected, (command, output)
+        assert raw_controls(output) == [], (command, output)
+        assert "[/x]\\x1b]0;pwned\\x07\\x1b[2J\\x9b31m\\u202e" in output, (command, output)
+        seen[command] = code
+    assert not (tmp_path / "m.pkl").exists()
+    record("Client security", "Hostile server answers",
+           "a local server answered list, status, predict, download, delete and train with "
+           "ids, statuses, facts, metrics and error texts holding rich markup, OSC/CSI/C1 "
+           "escapes and a bidi override; each command ran on a pseudo-terminal", len(runs),
+           "exit codes " + ", ".join(f"{command} {code}" for command, code in seen.items())
+           + "; every hostile value shown with visible escapes, no raw control character "
+           "or markup error on the terminal")
+
+
+@pytest.mark.parametrize("columns", [80, 60])
+def test_list_never_wraps_a_model_id(stack, model, hostile_model, columns):
+    """People copy ids from `ml-api list`: each one whole on one line, however
+    narrow the terminal (other columns give way)."""
+    code, output = run_cli_on_a_terminal(stack.api, "list", "--all", columns=columns,
+                                         term="xterm-256color")
+    assert code == 0, output
+    lines = re.sub(r"\x1b\[[0-9;]*m", "", output).splitlines()  # rich's own styles
+    assert max(map(len, lines)) <= columns, output
+    for model_id in (model, hostile_model):
+        [line] = [line for line in lines if model_id in line]
+        assert re.search(rf"(^|\s){model_id}\s+ready(\s|$)", line), output
+    if columns >= 80:
+        created = json.loads(run_cli(stack.api, "--json", "status", model).stdout)["created_at"]
+        assert created in next(line for line in lines if model in line), output
+
+
+def test_download_checks_the_sha256_before_writing(stack, model, tmp_path):
+    """A download whose bytes differ from the SHA-256 in the /artifact answer
+    (here: the object replaced in the bucket, its metadata kept) is refused and
+    leaves nothing behind: not the bad file, not a temporary one, and an
+    existing file at the destination stays as it was."""
+    key = artifact_key(model, PIPELINE_ARTIFACT)
+    genuine = stack.s3.get_object(Bucket=stack.bucket, Key=key)
+    blob, metadata = genuine["Body"].read(), genuine["Metadata"]
+    existing, fresh = tmp_path / "model.pkl", tmp_path / "fresh.pkl"
+    existing.write_bytes(b"the user's earlier file")
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=pickle.dumps({"not": "the model"}),
+                        Metadata=metadata)
+    try:
+        refusals = [run_cli(stack.api, "download", model, str(path)) for path in (existing, fresh)]
+    finally:
+        stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=blob, Metadata=metadata)
+    for result in refusals:
+        assert result.returncode == 5, (result.stdout, result.stderr)
+        assert "SHA-256" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert existing.read_bytes() == b"the user's earlier file"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pkl"]
+
+    answer = run_cli(stack.api, "--json", "download", model, str(existing))
+    assert answer.returncode == 0, answer.stderr
+    assert existing.read_bytes() == blob
+    assert json.loads(answer.stdout)["sha256"] == hashlib.sha256(blob).hexdigest()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["model.pkl"]
+    record("Client security", "Tampered download",
+           "replaced model.pkl in the bucket (its HMAC metadata kept) and ran ml-api download "
+           "onto an existing file and onto a new path, with no signing key on the client",
+           len(refusals), f"exit {', '.join(sorted({str(r.returncode) for r in refusals}))} with a SHA-256 "
+           "mismatch; the existing file unchanged, nothing else left in the folder; the "
+           f"genuine {len(blob):,} bytes then written after their SHA-256 matched")
 
 
 def test_delete_then_status_exits_3(api, model):

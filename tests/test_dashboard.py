@@ -9,7 +9,10 @@ README shows (docs/dashboard.png, docs/dashboard-phone.png).
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
+import io
+import pickle
 import html.parser
 import os
 import re
@@ -21,7 +24,9 @@ from pathlib import Path
 import pytest
 
 from chalicelib.storage import PIPELINE_ARTIFACT, artifact_key
-from tests.conftest import API_KEYS, two_class_lines
+from tests.conftest import (API_KEYS, HOSTILE_LABELS, SPREADSHEET_CELLS, VISIBLE_TEXT,
+                            hostile_rows, hostile_training_csv, two_class_lines)
+from tests.reliability import record
 
 REPO = Path(__file__).resolve().parent.parent
 PAGE = (REPO / "chalicelib" / "dashboard.html").read_text()
@@ -93,8 +98,9 @@ def test_the_page_loads_nothing_from_elsewhere():
                if ref and not ref.startswith(("data:", "#"))]
     assert outside == [], "the page must work offline: no external files"
     assert "http://" not in PAGE and "https://" not in PAGE
-    # One place calls the network, at a path relative to the page.
-    assert re.findall(r"fetch\(([^,]*),", PAGE) == ["BASE + path"]
+    # The API, at a path relative to the page; and the presigned link the API
+    # gives for a model's pickle (fetched to check its SHA-256).
+    assert re.findall(r"fetch\(([^,)]*)", PAGE) == ["BASE + path", "artifact.url"]
     assert "@import" not in PAGE and "url(" not in PAGE
     assert "innerHTML" not in PAGE and "insertAdjacentHTML" not in PAGE and "eval(" not in PAGE
 
@@ -162,8 +168,10 @@ def browser():
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     downloads = Path(profile) / "downloads"
     downloads.mkdir()
-    options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
-                                              "download.prompt_for_download": False})
+    options.add_experimental_option("prefs", {
+        "download.default_directory": str(downloads), "download.prompt_for_download": False,
+        # Several downloads from one page (a model, then a CSV) without asking.
+        "profile.default_content_setting_values.automatic_downloads": 1})
     # An explicit driver path: selenium never tries to download one.
     session = webdriver.Chrome(service=Service(driver), options=options)
     session.set_page_load_timeout(30)
@@ -448,3 +456,99 @@ def test_a_file_too_large_to_post_goes_through_storage_and_50k_rows_predict_in_b
           _text(b, "train-message"), "the upload limit")
     assert stack.s3.list_objects_v2(Bucket=stack.bucket, Prefix="uploads/").get(
         "KeyCount", 0) == len(uploads) - 1
+
+
+def _downloaded(browser, name: str) -> bytes | None:
+    """The file's bytes once Chromium has finished saving it, else None."""
+    path = browser.downloads / name
+    partial = list(browser.downloads.glob(name + "*.crdownload"))
+    return path.read_bytes() if path.exists() and not partial else None
+
+
+@pytest.mark.e2e
+def test_hostile_labels_are_text_saved_csv_is_safe_and_downloads_are_checked(
+        browser, keyed_stack, tmp_path):
+    """A model whose labels are formulas, markup and terminal escapes: the page
+    shows them as text with visible escapes, "Save as CSV" escapes the
+    formulas (and keeps -1.5 a number), and "Download model" saves the pickle
+    only when its SHA-256 is the API's."""
+    from selenium.webdriver.common.by import By
+
+    stack = keyed_stack
+    headers = {"X-Api-Key": API_KEYS[0]}
+    created = stack.http.post(f"{stack.api}/models", data=hostile_training_csv(),
+                              headers={**headers, "Content-Type": "text/csv"})
+    assert created.status_code == 201, created.text
+    model_id = created.json()["model_id"]
+    assert stack.wait_for_training(model_id, headers=headers)["status"] == "Ready to Use"
+
+    _log_in(browser, stack)
+    # The page's own rules, on the cases ml-api's tests use.
+    cells = browser.execute_script("return arguments[0].map(spreadsheetCell)",
+                                   [value for value, _ in SPREADSHEET_CELLS])
+    assert cells == [cell for _, cell in SPREADSHEET_CELLS]
+    shown = browser.execute_script("return arguments[0].map(visible)",
+                                   [value for value, _ in VISIBLE_TEXT])
+    assert shown == [text for _, text in VISIBLE_TEXT]
+
+    item = f'#models li[data-model-id="{model_id}"] button'
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR, item), "the model in the list")
+    browser.find_element(By.CSS_SELECTOR, item).click()
+    _wait(browser, lambda b: b.find_element(By.ID, "predict").is_displayed(), "the predict form")
+    browser.find_element(By.ID, "csv-rows").send_keys(hostile_rows())
+    browser.find_element(By.ID, "csv-button").click()
+    rows = len(HOSTILE_LABELS)
+    _wait(browser, lambda b: len(_table(b, "results-table")) == rows, "the predictions")
+    on_screen = [row[1] for row in _table(browser, "results-table")]
+    assert on_screen == [browser.execute_script("return visible(arguments[0])", label)
+                         for label in HOSTILE_LABELS]
+    assert "\\x1b]0;pwned\\x07\\x1b[2Jred" in on_screen and "[/x]" in on_screen
+    page_text = browser.find_element(By.TAG_NAME, "body").text
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e]", page_text)
+
+    browser.find_element(By.ID, "results-save").click()
+    _wait(browser, lambda b: _downloaded(b, "predictions.csv"), "the saved CSV")
+    header, *saved = list(csv.reader(io.StringIO(
+        _downloaded(browser, "predictions.csv").decode(), newline="")))
+    classes = stack.http.get(f"{stack.api}/check_model_status/{model_id}",
+                             headers=headers).json()["classes"]
+    assert header == ["label", *(f"p_{name}" for name in classes)]
+    assert [row[0] for row in saved] == [
+        "'" + HOSTILE_LABELS[0], "'@SUM(1+1)", "'-2+3", "[/x]", "\x1b]0;pwned\x07\x1b[2Jred",
+        "\x9b31mc1", "\u202eevil", "-1.5"]
+    assert all(0 <= float(p) <= 1 for row in saved for p in row[1:])
+
+    # Download: saved when the bytes match the API's SHA-256 ...
+    key = artifact_key(model_id, PIPELINE_ARTIFACT)
+    genuine = stack.s3.get_object(Bucket=stack.bucket, Key=key)
+    blob, metadata = genuine["Body"].read(), genuine["Metadata"]
+    artifact = stack.http.get(f"{stack.api}/models/{model_id}/artifact", headers=headers).json()
+    assert artifact["sha256"] == hashlib.sha256(blob).hexdigest()
+    browser.find_element(By.ID, "download-button").click()
+    _wait(browser, lambda b: _downloaded(b, f"{model_id}.pkl") == blob, "the checked pickle")
+    assert f"SHA-256 checked: {artifact['sha256']}" in _text(browser, "detail-message")
+    # ... and refused, with nothing saved, when the bucket holds other bytes.
+    before = sorted(path.name for path in browser.downloads.iterdir())
+    stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=pickle.dumps({"not": "the model"}),
+                        Metadata=metadata)
+    try:
+        browser.find_element(By.ID, "download-button").click()
+        try:
+            _wait(browser, lambda b: "Not saved." in _text(b, "detail-message"), "the refusal")
+        except AssertionError as error:
+            error.add_note(f"the page says: {_text(browser, 'detail-message')!r}")
+            raise
+        refusal = _text(browser, "detail-message")
+        time.sleep(1)  # a download, had one started, would show by now
+        after = sorted(path.name for path in browser.downloads.iterdir())
+    finally:
+        stack.s3.put_object(Bucket=stack.bucket, Key=key, Body=blob, Metadata=metadata)
+    assert f"not {artifact['sha256']} as the API says" in refusal
+    assert after == before
+    record("Client security", "Dashboard: hostile labels, CSV export, tampered download",
+           f"in Chromium: predicted {rows} rows of a model whose labels are formulas, markup "
+           "and escape sequences, saved them as CSV, downloaded the model, then replaced "
+           "model.pkl in the bucket and downloaded again", rows + 2,
+           f"labels shown with visible escapes; {sum(c[0].startswith(chr(39)) for c in saved)} "
+           "formula cells saved with an apostrophe, -1.5 as a number; the genuine pickle saved "
+           "after its SHA-256 check, the replaced one refused with nothing saved")

@@ -1,4 +1,5 @@
 """Signed artifacts, API keys and body limits."""
+import hashlib
 import pickle
 
 import pytest
@@ -66,6 +67,50 @@ def test_a_tampered_artifact_is_refused_with_a_clear_error(aws, monkeypatch, met
     assert response.status_code == 409
     assert "failed its integrity check (HMAC-SHA256" in response.body.decode()
     assert "changed outside ml-api" in response.body.decode()
+
+
+def _artifact_answer(model_id):
+    with Client(app) as client:
+        return client.http.get(f"/models/{model_id}/artifact")
+
+
+def test_the_artifact_answer_carries_the_sha256_stored_at_training(aws, ready_model):
+    """Clients check a download against the answer's SHA-256, without the
+    signing key. It is written to the status item when the pickle is stored,
+    so replacing the object in the bucket (its metadata too) does not change it."""
+    bucket = components.settings().bucket
+    stored = aws.client("s3").get_object(Bucket=bucket,
+                                         Key=artifact_key(ready_model, PIPELINE_ARTIFACT))
+    blob = stored["Body"].read()
+    digest = hashlib.sha256(blob).hexdigest()
+    assert components.registry().get(ready_model).pipeline_sha256 == digest
+    answer = _artifact_answer(ready_model)
+    assert answer.status_code == 200
+    assert answer.json_body["sha256"] == digest
+    assert "signature" not in answer.json_body  # nothing that needs the key
+    _overwrite(aws, ready_model, PIPELINE_ARTIFACT, pickle.dumps("not a model"),
+               stored["Metadata"])
+    assert _artifact_answer(ready_model).json_body["sha256"] == digest
+
+
+def test_an_item_without_the_sha256_gets_it_from_the_signed_artifact(aws, ready_model):
+    """Models trained before the digest was stored: the route reads the pickle,
+    checks its HMAC and hashes it; a tampered or missing pickle is a 409."""
+    table, bucket = components.settings().table, components.settings().bucket
+    aws.client("dynamodb").update_item(TableName=table, Key={"model_id": {"S": ready_model}},
+                                       UpdateExpression="REMOVE pipeline_sha256")
+    blob = components.store().get_artifact(ready_model, PIPELINE_ARTIFACT)
+    answer = _artifact_answer(ready_model)
+    assert (answer.status_code, answer.json_body["sha256"]) == (
+        200, hashlib.sha256(blob).hexdigest())
+    _overwrite(aws, ready_model, PIPELINE_ARTIFACT, pickle.dumps("not a model"))
+    tampered = _artifact_answer(ready_model)
+    assert tampered.status_code == 409
+    assert "failed its integrity check" in tampered.body.decode()
+    aws.client("s3").delete_object(Bucket=bucket, Key=artifact_key(ready_model, PIPELINE_ARTIFACT))
+    missing = _artifact_answer(ready_model)
+    assert missing.status_code == 409
+    assert f"models/{ready_model}/model.pkl is missing" in missing.body.decode()
 
 
 def test_another_key_cannot_verify():

@@ -128,7 +128,7 @@ def test_the_upload_cors_origin_is_the_stages(monkeypatch):
     configured = Settings.from_env()
     [rule] = definition.render(configured)["Resources"]["ModelsBucket"]["Properties"][
         "CorsConfiguration"]["CorsRules"]
-    assert rule == {"Id": "dashboard-uploads", "AllowedMethods": ["POST"],
+    assert rule == {"Id": "dashboard-uploads", "AllowedMethods": ["POST", "GET"],
                     "AllowedOrigins": ["https://ml.example.com", "https://b.example"],
                     "MaxAge": 3600}
     assert "*" not in json.dumps(rule)
@@ -205,9 +205,11 @@ def test_bootstrap_creates_everything_as_defined(moto_session):
                                              "BlockPublicPolicy", "RestrictPublicBuckets")}
     assert s3.get_bucket_ownership_controls(Bucket=settings.bucket)["OwnershipControls"][
         "Rules"] == [{"ObjectOwnership": "BucketOwnerEnforced"}]
-    # The dashboard POSTs large files to a presigned form, from the API's origin only.
+    # The dashboard POSTs large files to a presigned form, and GETs a model's
+    # pickle from a presigned link to check its SHA-256, from the API's origin only.
+    # moto's server lets any origin GET whatever the bucket says; S3 only as the rule allows.
     [cors] = s3.get_bucket_cors(Bucket=settings.bucket)["CORSRules"]
-    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["POST"],
+    assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["POST", "GET"],
                     "AllowedOrigins": ["https://ml.example.com"], "MaxAgeSeconds": 3600}
     [rule] = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
     assert rule["ID"] == "abandoned-uploads" and rule["Expiration"] == {"Days": 1}
