@@ -183,9 +183,12 @@ class ModelService:
             raise ModelNotFound(model_id)
         return record
 
-    def predict(self, model_id: str, body: bytes, as_json: bool = False) -> dict:
+    def predict(self, model_id: str, body: bytes, as_json: bool = False,
+                answer_limit: int | None = None) -> dict:
         """{"predictions": labels, "prediction_probability": array}; a warm
-        container answers from its cache without calling AWS."""
+        container answers from its cache without calling AWS. With
+        `answer_limit`, AnswerTooLarge before predicting when the answer's JSON
+        cannot fit in that many bytes."""
         model = self._predictor.fresh(model_id)
         if model is None:
             try:
@@ -197,5 +200,5 @@ class ModelService:
             model = self._predictor.load(model_id, embedded)
         if as_json:
             names = None if model.feature_names is None else model.feature_names.tolist()
-            return model.predict(parse_instances(body, model.n_features, names))
-        return model.predict(parse_features(body, model.n_features))
+            return model.predict(parse_instances(body, model.n_features, names), answer_limit)
+        return model.predict(parse_features(body, model.n_features), answer_limit)
