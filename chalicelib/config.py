@@ -19,6 +19,10 @@ TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
 # reserved concurrency: receives that Lambda would throttle still count
 # towards the dead-letter queue's limit, so SQS must not hand out more.
 TRAINER_MAX_CONCURRENCY = int(os.environ.get("TRAINER_MAX_CONCURRENCY", "5"))
+# How often EventBridge runs the sweep of expired models (app.py's sweep_expired):
+# an expired model's data is gone at most this long after it expired (and
+# hidden from every route at once).
+SWEEP_RATE_MINUTES = 10
 # Routes get API Gateway's X-Api-Key authorizer (set in the prod stage).
 API_GATEWAY_AUTHORIZER = os.environ.get("API_GATEWAY_AUTHORIZER", "false") == "true"
 
@@ -40,6 +44,11 @@ class Settings:
     # a second delivery of its message meanwhile does not train it again,
     # and after a crash the next delivery takes over once the lease ends.
     training_lease_seconds: float
+    # The sweep removes objects named after a model with no item only once they
+    # are this old (a submission stores its dataset just before its item), and
+    # uploads that no model names this long after they were uploaded.
+    orphan_grace_seconds: float
+    upload_retention_seconds: float
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -53,4 +62,6 @@ class Settings:
             model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
             model_recheck_seconds=float(os.environ.get("MODEL_RECHECK_SECONDS", "60")),
             training_lease_seconds=float(os.environ.get("TRAINING_LEASE_SECONDS", "900")),
+            orphan_grace_seconds=float(os.environ.get("ORPHAN_GRACE_SECONDS", "3600")),
+            upload_retention_seconds=float(os.environ.get("UPLOAD_RETENTION_SECONDS", "86400")),
         )

@@ -11,6 +11,7 @@ import uuid
 from dataclasses import dataclass
 
 from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.expiry import remove_model
 from chalicelib.jsoninput import parse_instances
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
@@ -143,16 +144,15 @@ class ModelService:
     def delete(self, model_id: str) -> None:
         """Removes the status item, the dataset and the artifacts. The model is
         hidden first, so a DELETE cut short leaves nothing visible, and
-        repeating it finishes the job. Warm containers elsewhere may answer
-        from their cache until they next read its status (MODEL_RECHECK_SECONDS)."""
-        record = self._registry.get(model_id, include_deleting=True)
+        repeating it finishes the job. An expired model whose item is still
+        there is removed too (the sweep would do it later). Warm containers
+        elsewhere may answer from their cache until they next read its status
+        (MODEL_RECHECK_SECONDS)."""
+        record = self._registry.get(model_id, include_deleting=True, include_expired=True)
         if record is None:
             raise ModelNotFound(model_id)
-        self._registry.mark_deleting(model_id)
+        remove_model(self._registry, self._store, model_id, record.dataset_key)
         self._predictor.forget(model_id)
-        self._store.delete_artifacts(model_id)
-        self._store.delete_dataset(record.dataset_key)
-        self._registry.delete(model_id)
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 
     def download(self, model_id: str, expires_in: int = 3600) -> dict:

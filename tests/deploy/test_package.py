@@ -136,7 +136,13 @@ def test_template_wires_layer_queue_and_settings(built):
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert sorted(g["LogGroupName"]["Fn::Sub"] for g in groups) == [
         "/aws/lambda/${APIHandler}", "/aws/lambda/${ApiKeyAuthorizer}",
-        "/aws/lambda/${TrainModel}"]
+        "/aws/lambda/${SweepExpired}", "/aws/lambda/${TrainModel}"]
+    # The sweep of expired models, on EventBridge's schedule.
+    sweep = resources["SweepExpired"]["Properties"]
+    assert (sweep["MemorySize"], sweep["Timeout"], sweep["Layers"]) == (256, 300, [FAKE_LAYER])
+    [schedule] = sweep["Events"].values()
+    assert schedule["Type"] == "Schedule"
+    assert schedule["Properties"]["Schedule"] == "rate(10 minutes)"
     assert {g["RetentionInDays"] for g in groups} == {90}
     # prod: API Gateway checks X-Api-Key with the app's authorizer on every route
     # but the dashboard page, which holds no data and asks for the key itself.

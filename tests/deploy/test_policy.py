@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from chalicelib.storage import artifact_key, dataset_key
+from chalicelib.storage import artifact_key, dataset_key, upload_key
 from devstack import stage
 from infra import iam
 
@@ -33,7 +33,8 @@ def _allowed_resources(stage_name: str) -> dict[str, set[str]]:
     """IAM prefix -> the ARNs this stage's code may touch."""
     settings = stage.deployed_settings(stage_name)
     env = stage.stage_environment(stage_name)
-    prefixes = {dataset_key("m").split("/")[0], artifact_key("m", "a").split("/")[0]}
+    prefixes = {dataset_key("m").split("/")[0], artifact_key("m", "a").split("/")[0],
+                upload_key("u").split("/")[0]}
     functions = f"/aws/lambda/{CONFIG['app_name']}-{stage_name}"
     return {
         "s3": {f"arn:aws:s3:::{settings.bucket}"}
