@@ -143,7 +143,7 @@ def test_no_predict_body_takes_more_than_a_bounded_amount_of_memory():
         # The API function has 512 MB, of which the warm runtime takes ~70 MB.
         assert m["status"] == 413 and m["added_mb"] < 256, m
         record(AREA, "Predict memory: " + m["case"],
-               f"{m['what']} ({m['body_bytes'] / 1e6:.1f} MB), one request through the route "
+               f"{m['what']} ({m['body_bytes']:,} bytes), one request through the route "
                "in a fresh process (peak RSS during the request less RSS before it)", 1,
                f"{m['status']} in {m['seconds']:.2f} s, +{m['added_mb']:.0f} MB "
                f"(peak {m['peak_mb']:.0f} MB with moto in process): {m['answer']}")
