@@ -3,11 +3,11 @@
 Routes keep the seed service's paths, status codes and texts; the work is in
 chalicelib.
 """
-from chalice import Chalice
+from chalice import Chalice, Rate
 
 from chalicelib import api, components, dashboard, openapi
-from chalicelib.config import (API_GATEWAY_AUTHORIZER, TRAINER_MAX_CONCURRENCY,
-                               TRAINING_QUEUE_NAME)
+from chalicelib.config import (API_GATEWAY_AUTHORIZER, SWEEP_RATE_MINUTES,
+                               TRAINER_MAX_CONCURRENCY, TRAINING_QUEUE_NAME)
 from chalicelib.queue import TrainingMessage
 
 app = Chalice(app_name="ml-api")
@@ -101,3 +101,10 @@ def train_model(event):
     for record in event:
         receive_count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "1"))
         components.trainer().handle(TrainingMessage.from_json(record.body), receive_count)
+
+
+# Expired models are hidden at once; this removes their datasets, artifacts and
+# items (DynamoDB's TTL would remove only the item, and only within days).
+@app.schedule(Rate(SWEEP_RATE_MINUTES, unit=Rate.MINUTES))
+def sweep_expired(event):
+    components.sweeper().sweep()

@@ -5,6 +5,7 @@ import functools
 
 from chalicelib import aws
 from chalicelib.config import Settings
+from chalicelib.expiry import ExpirySweeper
 from chalicelib.queue import TrainingQueue
 from chalicelib.registry import ModelRegistry
 from chalicelib.security import ApiKeys, ArtifactSigner
@@ -53,8 +54,15 @@ def trainer() -> Trainer:
                    settings().training_lease_seconds)
 
 
+@functools.cache
+def sweeper() -> ExpirySweeper:
+    return ExpirySweeper(registry(), store(),
+                         orphan_grace_seconds=settings().orphan_grace_seconds,
+                         upload_retention_seconds=settings().upload_retention_seconds)
+
+
 def reset() -> None:
     """Forgets every built component (tests switch endpoints between cases)."""
-    for getter in (settings, registry, store, api_keys, service, trainer,
+    for getter in (settings, registry, store, api_keys, service, trainer, sweeper,
                    aws.client, aws._session):
         getter.cache_clear()

@@ -22,6 +22,10 @@ TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
 # reserved concurrency: receives that Lambda would throttle still count
 # towards the dead-letter queue's limit, so SQS must not hand out more.
 TRAINER_MAX_CONCURRENCY = int(os.environ.get("TRAINER_MAX_CONCURRENCY", "5"))
+# How often EventBridge runs the sweep of expired models (app.py's sweep_expired):
+# an expired model's data is gone at most this long after it expired (and
+# hidden from every route at once).
+SWEEP_RATE_MINUTES = 10
 # Routes get API Gateway's X-Api-Key authorizer (set in the prod stage).
 API_GATEWAY_AUTHORIZER = os.environ.get("API_GATEWAY_AUTHORIZER", "false") == "true"
 
@@ -49,6 +53,11 @@ class Settings:
     # means the stage's own API (the dashboard's origin), which the deploy
     # fills in. Read by infra, not by the functions.
     upload_origins: tuple[str, ...] = ()
+    # The sweep removes objects named after a model with no item only once they
+    # are this old (a submission stores its dataset just before its item), and
+    # uploads that no model names this long after they were uploaded.
+    orphan_grace_seconds: float = 3600.0
+    upload_retention_seconds: float = 86400.0
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -66,4 +75,6 @@ class Settings:
             upload_origins=tuple(origin.strip() for origin in
                                  os.environ.get("UPLOAD_ORIGINS", "").split(",")
                                  if origin.strip()),
+            orphan_grace_seconds=float(os.environ.get("ORPHAN_GRACE_SECONDS", "3600")),
+            upload_retention_seconds=float(os.environ.get("UPLOAD_RETENTION_SECONDS", "86400")),
         )

@@ -10,6 +10,7 @@ import io
 import json
 import math
 import warnings
+from array import array
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -211,15 +212,19 @@ def _fast_features(body: bytes, n_features: int) -> np.ndarray | None:
 
 
 def _precise_features(body: bytes, n_features: int) -> np.ndarray:
-    rows: list[list[float]] = []
+    # One flat buffer of doubles, 8 bytes a value: a list of Python floats per
+    # row took about 100 bytes a value (330 MB for a 6 MB body of short rows).
+    values = array("d")
+    rows = 0
     for row, fields in _rows(body):
         if len(fields) != n_features:
             raise CsvError(
                 f"row {row} has {len(fields)} values, but the model expects "
                 f"{n_features} features (send the features only, no label)"
             )
-        rows.append([_number(v, row, col, _FEATURES_HEADER_HINT)
-                     for col, v in enumerate(fields, start=1)])
+        values.extend([_number(v, row, col, _FEATURES_HEADER_HINT)
+                       for col, v in enumerate(fields, start=1)])
+        rows += 1
     if not rows:
         raise CsvError("the body is empty")
-    return np.array(rows, dtype=np.float64)
+    return np.frombuffer(values, dtype=np.float64).reshape(rows, n_features)

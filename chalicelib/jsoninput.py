@@ -7,6 +7,8 @@ the API answers both the same way.
 from __future__ import annotations
 
 import math
+from array import array
+from typing import Iterator
 
 import numpy as np
 import orjson
@@ -16,10 +18,7 @@ from chalicelib.csvdata import CsvError
 SHAPE = '{"instances": [[feature, ...], ...]}'
 
 
-def _rows_from_records(records, names: list[str]) -> list:
-    if not isinstance(records, list) or not records:
-        raise CsvError("records must be a non-empty list of objects")
-    rows = []
+def _rows_from_records(records, names: list[str]) -> Iterator[list]:
     for number, record in enumerate(records, start=1):
         if not isinstance(record, dict):
             raise CsvError(f"record {number} is not an object of feature values")
@@ -30,8 +29,7 @@ def _rows_from_records(records, names: list[str]) -> list:
                        ([f"has unknown names {', '.join(extra)}"] if extra else [])
             raise CsvError(f"record {number} {' and '.join(problems)} (the model's features: "
                            f"{', '.join(names)})")
-        rows.append([record[name] for name in names])
-    return rows
+        yield [record[name] for name in names]
 
 
 def parse_instances(body: bytes, n_features: int,
@@ -44,19 +42,24 @@ def parse_instances(body: bytes, n_features: int,
         if feature_names is None:
             raise CsvError("records (rows by feature name) need a model trained with a header "
                            f"row (?header=true), and this model has none; send {SHAPE}")
-        instances = _rows_from_records(document["records"], feature_names)
-        noun = "record"
-    elif isinstance(document, dict) and "instances" in document:
-        instances, noun = document["instances"], "instance"
-    else:
-        raise CsvError(f"expected an object {SHAPE}")
-    return _matrix(instances, n_features, noun)
+        records = document["records"]
+        if not isinstance(records, list) or not records:
+            raise CsvError("records must be a non-empty list of objects")
+        return _matrix(_rows_from_records(records, feature_names), len(records), n_features,
+                       "record")
+    if isinstance(document, dict) and "instances" in document:
+        instances = document["instances"]
+        if not isinstance(instances, list) or not instances:
+            raise CsvError("instances must be a non-empty list of rows")
+        return _matrix(instances, len(instances), n_features, "instance")
+    raise CsvError(f"expected an object {SHAPE}")
 
 
-def _matrix(instances, n_features: int, noun: str) -> np.ndarray:
-    if not isinstance(instances, list) or not instances:
-        raise CsvError("instances must be a non-empty list of rows")
-    for row_number, row in enumerate(instances, start=1):
+def _matrix(rows, count: int, n_features: int, noun: str) -> np.ndarray:
+    # Straight into one buffer of doubles (8 bytes a value) as the rows are
+    # checked, next to the parsed document rather than a second copy of it.
+    values = array("d")
+    for row_number, row in enumerate(rows, start=1):
         if not isinstance(row, list):
             raise CsvError(f"{noun} {row_number} is not a list of numbers")
         if len(row) != n_features:
@@ -68,7 +71,9 @@ def _matrix(instances, n_features: int, noun: str) -> np.ndarray:
             if not math.isfinite(value):
                 raise CsvError(f"{noun} {row_number}, value {column}: {value!r} is not a "
                                "finite number")
-    try:
-        return np.array(instances, dtype=np.float64)
-    except OverflowError:  # integers beyond float64
-        raise CsvError(f"an {noun} holds a number too large for 64-bit floats") from None
+        try:
+            values.extend(row)
+        except OverflowError:  # integers beyond float64
+            raise CsvError(f"{noun} {row_number} holds a number too large for 64-bit "
+                           "floats") from None
+    return np.frombuffer(values, dtype=np.float64).reshape(count, n_features)

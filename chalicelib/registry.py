@@ -3,11 +3,12 @@ knows the status values and what clients are told about them."""
 from __future__ import annotations
 
 import base64
+import calendar
 import json
 import time
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, Iterator
 
 from botocore.exceptions import ClientError
 
@@ -99,6 +100,29 @@ class ModelRecord:
 
 def now_iso() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def _epoch(iso: str) -> float:
+    return calendar.timegm(time.strptime(iso, "%Y-%m-%dT%H:%M:%SZ"))
+
+
+@dataclass(frozen=True)
+class StoredModel:
+    """What the expiry sweep needs to know of every item, whatever its state."""
+    model_id: str
+    status: str
+    dataset_key: str
+    expires_at: int | None
+    updated_at: str | None
+
+    def expired(self, now: float) -> bool:
+        return self.expires_at is not None and self.expires_at <= now
+
+    def deleting_since(self, now: float) -> float | None:
+        """Seconds since a DELETE hid the model, if one did and has not finished."""
+        if self.status != Status.DELETING or not self.updated_at:
+            return None
+        return now - _epoch(self.updated_at)
 
 
 def _conditional_failed(error: ClientError) -> bool:
@@ -193,25 +217,27 @@ class ModelRegistry:
             raise
         return True
 
-    def get(self, model_id: str, include_deleting: bool = False) -> ModelRecord | None:
+    def get(self, model_id: str, include_deleting: bool = False,
+            include_expired: bool = False) -> ModelRecord | None:
         """The model's record; None if there is none, or it has expired (DynamoDB
         removes expired items only eventually), or it is being deleted."""
         answer = self._client.get_item(TableName=self._table, ConsistentRead=True,
                                        Key={"model_id": {"S": model_id}})
         if "Item" not in answer:
             return None
-        record = self._record(answer["Item"], time.time())
+        record = self._record(answer["Item"], None if include_expired else time.time())
         if record is None or (record.status == Status.DELETING and not include_deleting):
             return None
         return record
 
-    def _record(self, attributes: dict, now: float) -> ModelRecord | None:
+    def _record(self, attributes: dict, now: float | None) -> ModelRecord | None:
+        """The item as a record; None if it expired before `now` (None: never)."""
         item = {name: _from_attribute(value) for name, value in attributes.items()}
-        if item.get("expires_at") is not None and item["expires_at"] <= now:
+        if now is not None and item.get("expires_at") is not None and item["expires_at"] <= now:
             return None
         status, error = Status(item["status"]), item.get("error")
         if (status == Status.TRAINING and item.get("attempts", 0) >= self._max_receives
-                and item.get("lease_expires", 0) < now):
+                and item.get("lease_expires", 0) < time.time()):
             status = Status.FAILED
             error = (f"training did not finish in {item['attempts']} deliveries (the trainer "
                      "was killed, ran out of memory or timed out); the training message is "
@@ -255,6 +281,25 @@ class ModelRegistry:
         after = answer.get("LastEvaluatedKey")
         return records, _encode_token(after) if after else None
 
+    def every_model(self) -> Iterator[StoredModel]:
+        """Every item, expired, hidden or not, newest first (the by_created index
+        holds them all; it lags writes by a moment, as any index does)."""
+        query = {"TableName": self._table, "IndexName": "by_created",
+                 "KeyConditionExpression": "listing = :listing",
+                 "ExpressionAttributeValues": {":listing": {"S": LISTING}},
+                 "ProjectionExpression": "model_id, #status, dataset_key, expires_at, updated_at",
+                 "ExpressionAttributeNames": {"#status": "status"},
+                 "ScanIndexForward": False}
+        while True:
+            answer = self._client.query(**query)
+            for attributes in answer.get("Items", []):
+                item = {name: _from_attribute(value) for name, value in attributes.items()}
+                yield StoredModel(item["model_id"], item["status"], item["dataset_key"],
+                                  item.get("expires_at"), item.get("updated_at"))
+            if "LastEvaluatedKey" not in answer:
+                return
+            query["ExclusiveStartKey"] = answer["LastEvaluatedKey"]
+
     def _transition(self, model_id: str, condition: str, new: Status,
                     condition_values: dict | None = None, **values) -> bool:
         """Moves the item to `new` if `condition` holds (names in it are
@@ -265,7 +310,7 @@ class ModelRegistry:
         bound.update({f":{k}": _to_attribute(v) for k, v in (condition_values or {}).items()})
         names = {f"#{k}": k for k in values}
         names.update({"#status": "status"})
-        for name in ("lease_owner", "lease_expires"):
+        for name in ("lease_owner", "lease_expires", "expires_at"):
             if f"#{name}" in condition:
                 names[f"#{name}"] = name
         try:
@@ -336,9 +381,15 @@ class ModelRegistry:
         return self._transition(model_id, self._HELD, Status.FAILED, self._held_by(owner),
                                 error=error)
 
-    def mark_deleting(self, model_id: str) -> bool:
-        """Hides the model at once; False if there is no such model."""
-        return self._transition(model_id, "attribute_exists(#status)", Status.DELETING)
+    def mark_deleting(self, model_id: str, expired_by: float | None = None) -> bool:
+        """Hides the model at once; False if there is no such model. With
+        `expired_by` (the sweep), only a model that expired by then or that a
+        DELETE already hid: never one that is alive."""
+        if expired_by is None:
+            return self._transition(model_id, "attribute_exists(#status)", Status.DELETING)
+        return self._transition(
+            model_id, "#status = :deleting OR #expires_at <= :expired_by", Status.DELETING,
+            {"deleting": str(Status.DELETING), "expired_by": round(expired_by, 3)})
 
     def delete(self, model_id: str) -> None:
         self._client.delete_item(TableName=self._table, Key={"model_id": {"S": model_id}})

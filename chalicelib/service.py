@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 from chalicelib.config import DEFAULT_MAX_UPLOAD_BYTES
 from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.expiry import remove_model
 from chalicelib.jsoninput import parse_instances
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
@@ -150,16 +151,15 @@ class ModelService:
     def delete(self, model_id: str) -> None:
         """Removes the status item, the dataset and the artifacts. The model is
         hidden first, so a DELETE cut short leaves nothing visible, and
-        repeating it finishes the job. Warm containers elsewhere may answer
-        from their cache until they next read its status (MODEL_RECHECK_SECONDS)."""
-        record = self._registry.get(model_id, include_deleting=True)
+        repeating it finishes the job. An expired model whose item is still
+        there is removed too (the sweep would do it later). Warm containers
+        elsewhere may answer from their cache until they next read its status
+        (MODEL_RECHECK_SECONDS)."""
+        record = self._registry.get(model_id, include_deleting=True, include_expired=True)
         if record is None:
             raise ModelNotFound(model_id)
-        self._registry.mark_deleting(model_id)
+        remove_model(self._registry, self._store, model_id, record.dataset_key)
         self._predictor.forget(model_id)
-        self._store.delete_artifacts(model_id)
-        self._store.delete_dataset(record.dataset_key)
-        self._registry.delete(model_id)
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 
     def download(self, model_id: str, expires_in: int = 3600) -> dict:
@@ -195,9 +195,12 @@ class ModelService:
             raise ModelNotFound(model_id)
         return record
 
-    def predict(self, model_id: str, body: bytes, as_json: bool = False) -> dict:
+    def predict(self, model_id: str, body: bytes, as_json: bool = False,
+                answer_limit: int | None = None) -> dict:
         """{"predictions": labels, "prediction_probability": array}; a warm
-        container answers from its cache without calling AWS."""
+        container answers from its cache without calling AWS. With
+        `answer_limit`, AnswerTooLarge before predicting when the answer's JSON
+        cannot fit in that many bytes."""
         model = self._predictor.fresh(model_id)
         if model is None:
             try:
@@ -209,5 +212,5 @@ class ModelService:
             model = self._predictor.load(model_id, embedded)
         if as_json:
             names = None if model.feature_names is None else model.feature_names.tolist()
-            return model.predict(parse_instances(body, model.n_features, names))
-        return model.predict(parse_features(body, model.n_features))
+            return model.predict(parse_instances(body, model.n_features, names), answer_limit)
+        return model.predict(parse_features(body, model.n_features), answer_limit)

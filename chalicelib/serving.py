@@ -7,6 +7,7 @@ start, and skips its per-call input validation.
 """
 from __future__ import annotations
 
+import functools
 import io
 import threading
 import time
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+import orjson
 
 from chalicelib.csvdata import CsvError
 from chalicelib.storage import SERVING_ARTIFACT, ArtifactStore
@@ -22,6 +24,39 @@ from chalicelib.storage import SERVING_ARTIFACT, ArtifactStore
 
 class ArtifactMissing(Exception):
     """A ready model's artifact is not in storage: ArtifactMissing(model_id, name)."""
+
+
+class AnswerTooLarge(Exception):
+    """The answer for `rows` rows takes `size` bytes (`exact`), or at least
+    that many, over the limit; `fitting` rows per request would fit."""
+
+    def __init__(self, rows: int, size: int, exact: bool, fitting: int):
+        super().__init__(rows, size, exact, fitting)
+        self.rows, self.size, self.exact, self.fitting = rows, size, exact, fitting
+
+
+def answer_bytes(encoded: bytes) -> int:
+    """What an encoded answer takes in Lambda's proxy response, where the body
+    travels as a JSON string: every '"' and '\\' in it is escaped."""
+    return len(encoded) + encoded.count(b'"') + encoded.count(b"\\")
+
+
+# The answer is {"predictions": [label, ...], "prediction_probability": [[p, ...], ...]}.
+# orjson writes a probability (a float64 in [0, 1]) in 3 ("0.0") to 23 characters
+# ("2.2250738585072014e-308"); 24 allows for a sign. With these bounds the size
+# of an answer is known to within a few times before anything is computed.
+_SHORTEST_PROBABILITY, _LONGEST_PROBABILITY = 3, 24
+_EMPTY_ANSWER = answer_bytes(orjson.dumps({"predictions": [], "prediction_probability": []}))
+
+
+def encode_answer(answer: dict, limit: int | None = None) -> bytes:
+    """The answer as JSON; AnswerTooLarge if it takes more than `limit` bytes."""
+    body = orjson.dumps(answer, option=orjson.OPT_SERIALIZE_NUMPY)
+    size = answer_bytes(body)
+    if limit is not None and size > limit:
+        rows = len(answer["predictions"])
+        raise AnswerTooLarge(rows, size, True, int((limit - _EMPTY_ANSWER) / (size / rows)))
+    return body
 
 
 @dataclass(frozen=True)
@@ -59,6 +94,41 @@ class ServingModel:
         with np.load(io.BytesIO(blob), allow_pickle=False) as arrays:
             return cls(**{name: arrays[name] for name in arrays.files})
 
+    @functools.cached_property
+    def _labels(self) -> np.ndarray:
+        """The classes as Python objects: predictions share them rather than
+        copying a label per row (numpy's fixed-width strings would make every
+        row as long as the longest label)."""
+        return np.array(self.classes.tolist(), dtype=object)
+
+    @functools.cached_property
+    def _label_bytes(self) -> np.ndarray:
+        """What each class's label takes in the answer, with its comma."""
+        return np.array([answer_bytes(orjson.dumps(label)) + 1 for label in self._labels],
+                        dtype=np.int64)
+
+    @functools.cached_property
+    def _row_bytes(self) -> tuple[int, int, int, int]:
+        """A row's label, shortest and longest, and its probabilities with
+        every number at its shortest and at its longest."""
+        n = len(self.classes)
+        numbers = [1 + n * length + (n - 1) + 1 + 1  # [p,p,...] and a comma
+                   for length in (_SHORTEST_PROBABILITY, _LONGEST_PROBABILITY)]
+        return int(self._label_bytes.min()), int(self._label_bytes.max()), *numbers
+
+    def _refusal(self, rows: int, labels: int, label_per_row: float,
+                 limit: int) -> AnswerTooLarge | None:
+        """AnswerTooLarge if the answer cannot fit in `limit` bytes however
+        short its numbers: `labels` is what the rows' labels take (at least).
+        The rows that fit assume `label_per_row` and the longest numbers."""
+        _, _, shortest_numbers, longest_numbers = self._row_bytes
+        # -2: the last label and the last row of probabilities have no comma.
+        smallest = _EMPTY_ANSWER + labels + rows * shortest_numbers - 2
+        if smallest <= limit:
+            return None
+        fitting = int((limit - _EMPTY_ANSWER) // (label_per_row + longest_numbers))
+        return AnswerTooLarge(rows, smallest, False, fitting)
+
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """The same arithmetic, in the same order, as scikit-learn's predict_proba."""
         with np.errstate(over="ignore", invalid="ignore"):
@@ -80,10 +150,31 @@ class ServingModel:
             scores /= scores.sum(axis=1, keepdims=True)
             return scores
 
-    def predict(self, features: np.ndarray) -> dict:
+    def predict(self, features: np.ndarray, answer_limit: int | None = None) -> dict:
+        """{"predictions", "prediction_probability"}; with `answer_limit`,
+        AnswerTooLarge as soon as it is certain that the answer's JSON would
+        take more bytes: before predicting (from the number of rows), and again
+        before any label is copied into the answer (from the predicted labels)."""
+        rows = features.shape[0]
+        shortest_label, longest_label, _, longest_numbers = self._row_bytes
+        # Most requests are far from the limit: nothing to check then.
+        checking = (answer_limit is not None and _EMPTY_ANSWER
+                    + rows * (longest_label + longest_numbers) > answer_limit)
+        if checking:
+            # Before predicting: each row's label at least the shortest; the rows
+            # that surely fit are counted with the longest.
+            refusal = self._refusal(rows, rows * shortest_label, longest_label, answer_limit)
+            if refusal:
+                raise refusal
         probabilities = self.predict_proba(features)
         # The most probable class is exactly what LogisticRegression.predict returns.
-        return {"predictions": self.classes.take(probabilities.argmax(axis=1)).tolist(),
+        winners = probabilities.argmax(axis=1)
+        if checking:
+            labels = int(self._label_bytes.take(winners).sum())
+            refusal = self._refusal(rows, labels, labels / rows, answer_limit)
+            if refusal:
+                raise refusal
+        return {"predictions": self._labels.take(winners).tolist(),
                 "prediction_probability": probabilities}
 
 

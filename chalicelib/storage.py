@@ -1,7 +1,9 @@
 """S3 artifacts: the one place that knows the key layout."""
 from __future__ import annotations
 
+import calendar
 import hashlib
+from typing import Iterator
 
 from botocore.exceptions import ClientError
 
@@ -15,12 +17,6 @@ SERVING_ARTIFACT = "serving.npz"
 
 DATASETS_PREFIX = "datasets/"
 MODELS_PREFIX = "models/"
-
-
-def dataset_key(model_id: str) -> str:
-    return f"{DATASETS_PREFIX}{model_id}.csv"
-
-
 UPLOADS_PREFIX = "uploads/"
 # Every upload arrives tagged unclaimed (the POST form requires the tag), and
 # the bucket's lifecycle rule (infra/resources.json) deletes unclaimed uploads
@@ -30,6 +26,10 @@ UPLOAD_STATE_TAG = "ml-api-upload"
 UNCLAIMED, CLAIMED = "unclaimed", "claimed"
 UNCLAIMED_UPLOAD_DAYS = 1
 UPLOAD_CONTENT_TYPE = "text/csv"
+
+
+def dataset_key(model_id: str) -> str:
+    return f"{DATASETS_PREFIX}{model_id}.csv"
 
 
 def upload_key(upload_id: str) -> str:
@@ -44,6 +44,16 @@ def _tagging(value: str) -> str:
 
 def artifact_key(model_id: str, name: str) -> str:
     return f"{MODELS_PREFIX}{model_id}/{name}"
+
+
+def model_id_of(key: str) -> str | None:
+    """The model a dataset or artifact key belongs to; None for other keys
+    (uploads carry an upload id, not a model's)."""
+    if key.startswith(DATASETS_PREFIX) and key.endswith(".csv"):
+        return key[len(DATASETS_PREFIX):-len(".csv")] or None
+    if key.startswith(MODELS_PREFIX) and "/" in key[len(MODELS_PREFIX):]:
+        return key[len(MODELS_PREFIX):].split("/", 1)[0] or None
+    return None
 
 
 class ArtifactStore:
@@ -61,7 +71,22 @@ class ArtifactStore:
         return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
 
     def delete_dataset(self, key: str) -> None:
+        self.delete(key)
+
+    def delete(self, key: str) -> None:
+        """Removes an object; nothing happens if there is none (S3's DELETE is idempotent)."""
         self._s3.delete_object(Bucket=self._bucket, Key=key)
+
+    def objects(self, prefix: str) -> Iterator[tuple[str, float]]:
+        """(key, last modified in epoch seconds) of every object under `prefix`."""
+        request = {"Bucket": self._bucket, "Prefix": prefix}
+        while True:
+            page = self._s3.list_objects_v2(**request)
+            for entry in page.get("Contents", []):
+                yield entry["Key"], calendar.timegm(entry["LastModified"].utctimetuple())
+            if not page.get("IsTruncated"):
+                return
+            request["ContinuationToken"] = page["NextContinuationToken"]
 
     def upload_form(self, upload_id: str, expires_in: int, max_bytes: int) -> dict:
         """A presigned POST ({"url", "fields"}) for a dataset too large to post
@@ -97,7 +122,7 @@ class ArtifactStore:
 
     def delete_artifacts(self, model_id: str) -> None:
         for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
-            self._s3.delete_object(Bucket=self._bucket, Key=artifact_key(model_id, name))
+            self.delete(artifact_key(model_id, name))
 
     def artifact_url(self, model_id: str, name: str, expires_in: int) -> str:
         """A presigned GET for the artifact. Clients check the download against

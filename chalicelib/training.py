@@ -161,6 +161,20 @@ class Trainer:
                                "URL before its link expires, then train it") from None
             raise
 
+    def _lease_lost(self, model_id: str, ids: dict) -> str:
+        """The model moved on while this trainer trained. If it is gone (expired,
+        deleted or being deleted), the artifacts just written are nobody's:
+        removed here, since whatever removed the model has already passed by.
+        If another delivery holds it or made it ready, they are that one's."""
+        record = self._registry.get(model_id, include_deleting=True)
+        if record is None or record.status == Status.DELETING:
+            self._store.delete_artifacts(model_id)
+            log("training.discarded", level=logging.WARNING,
+                reason="the model expired or was deleted while it trained", **ids)
+            return "discarded"
+        log("training.lease_lost", level=logging.WARNING, **ids)
+        return "already done"
+
     def handle(self, message: TrainingMessage, receive_count: int = 1) -> str:
         """Trains the message's model; returns what happened.
 
@@ -220,8 +234,7 @@ class Trainer:
                 error=f"{type(error).__name__}: {error}", **ids)
             raise
         if not marked:
-            log("training.lease_lost", level=logging.WARNING, **ids)
-            return "already done"
+            return self._lease_lost(message.model_id, ids)
         log("training.ready", seconds=round(time.perf_counter() - started, 3),
             n_rows=data.n_rows, **ids)
         return "ready"

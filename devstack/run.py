@@ -125,6 +125,10 @@ def main() -> None:
         processes.append(subprocess.Popen(
             python + ["devstack.sqs_runner", *common, "--workers", str(args.workers)],
             cwd=stage.PROJECT_DIR, process_group=0))
+        # EventBridge's schedules (the sweep of expired models); SCHEDULE_INTERVAL_SECONDS
+        # shortens them.
+        processes.append(subprocess.Popen(python + ["devstack.scheduler", *common],
+                                          cwd=stage.PROJECT_DIR, process_group=0))
         api = subprocess.Popen(python + ["devstack.server", *common, "--port", str(args.port)],
                                cwd=stage.PROJECT_DIR, process_group=0)
         processes.append(api)

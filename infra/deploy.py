@@ -32,7 +32,7 @@ from infra import layer as layers
 from infra.package import CHALICE
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
-FUNCTIONS = ("api_handler", "train_model")
+FUNCTIONS = ("api_handler", "train_model", "sweep_expired")
 _LAYER_ARN = re.compile(r"arn:aws[\w-]*:lambda:(?P<region>[a-z0-9-]+):\d{12}:layer:[\w-]+:\d+")
 
 

@@ -169,57 +169,54 @@ def test_an_expired_or_released_lease_can_be_taken_over(aws):
     assert registry.start_training("m", "third", lease_seconds=60)
 
 
-def test_two_deliveries_at_once_train_once(aws, monkeypatch):
-    """Both deliveries read the model while it is still QUEUED, then both try
-    to take the training lease. DynamoDB serializes conditional writes to one
-    item, so one of them wins and the other must defer or skip. moto's
-    in-process backend takes no lock between threads, so the writes are
-    serialized here as DynamoDB does; which delivery wins is left to timing,
-    and either way the model is trained once."""
-    import threading
-
-    from chalicelib import aws as aws_clients, training
+@pytest.mark.parametrize("second_runs", ["after the first read the status",
+                                         "after the first took the lease"])
+def test_two_deliveries_at_once_train_once(aws, monkeypatch, second_runs):
+    """Both trainers pass the first status read; the conditional lease decides.
+    The second delivery runs whole inside the first, at either point: sequential
+    interleavings, since moto's in-process mocks do not serialize conditional
+    writes between threads as DynamoDB does (two threads could both win)."""
+    from chalicelib import training
     from chalicelib.training import TrainingInProgress
 
     submission = components.service().submit(IRIS)
     [message] = queue_messages(aws, components.settings().queue)
     training_message = TrainingMessage.from_json(message["Body"])
-    fits, both_read = [], threading.Barrier(2)
-    real_get, real_fit = components.registry().get, training.fit_pipeline
-    dynamodb = aws_clients.client("dynamodb")
-    real_update, one_write_at_a_time = dynamodb.update_item, threading.Lock()
+    registry = components.registry()
+    fits, outcomes = [], []
+    real_get, real_start, real_fit = registry.get, registry.start_training, training.fit_pipeline
 
-    def get_then_wait(model_id):
-        record = real_get(model_id)
-        if record.status == Status.QUEUED:
-            both_read.wait(timeout=10)
-        return record
-
-    def serialized_update(**kwargs):
-        with one_write_at_a_time:
-            return real_update(**kwargs)
-
-    def counting_fit(*args, **kwargs):
-        fits.append(1)
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(components.registry(), "get", get_then_wait)
-    monkeypatch.setattr(dynamodb, "update_item", serialized_update)
-    monkeypatch.setattr(training, "fit_pipeline", counting_fit)
-    outcomes = []
-
-    def deliver():
+    def second_delivery():
         try:
             outcomes.append(components.trainer().handle(training_message))
         except TrainingInProgress:
             outcomes.append("deferred")
 
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert not both_read.broken, "a delivery did not read the model while it was QUEUED"
-    assert sorted(outcomes) in (["already done", "ready"], ["deferred", "ready"])
+    def get(model_id, **kwargs):
+        record = real_get(model_id, **kwargs)
+        if second_runs.startswith("after the first read") and not outcomes and not fits:
+            outcomes.append(None)  # only once, for the first delivery's read
+            second_delivery()
+        return record
+
+    def start_training(*args, **kwargs):
+        taken = real_start(*args, **kwargs)
+        if second_runs.endswith("the lease") and taken and not outcomes:
+            outcomes.append(None)
+            second_delivery()
+        return taken
+
+    def counting_fit(*args, **kwargs):
+        fits.append(1)
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(registry, "get", get)
+    monkeypatch.setattr(registry, "start_training", start_training)
+    monkeypatch.setattr(training, "fit_pipeline", counting_fit)
+    outcomes.append(components.trainer().handle(training_message))
+    outcomes = [outcome for outcome in outcomes if outcome is not None]
+    expected = (["already done", "ready"] if second_runs.startswith("after the first read")
+                else ["deferred", "ready"])
+    assert sorted(outcomes) == expected
     assert len(fits) == 1
     assert real_get(submission.model_id).status == Status.READY

@@ -138,7 +138,7 @@ def test_after_deploying_the_bucket_takes_upload_forms_from_the_api_only(moto_se
         moto_session, "prod", "https://abc123defg.execute-api.us-east-1.amazonaws.com/api/\n")
     assert origins == ["https://abc123defg.execute-api.us-east-1.amazonaws.com"]
     [rule] = s3.get_bucket_cors(Bucket="ml-api-prod-models")["CORSRules"]
-    assert rule["AllowedOrigins"] == origins and rule["AllowedMethods"] == ["POST"]
+    assert rule["AllowedOrigins"] == origins and rule["AllowedMethods"] == ["POST", "GET"]
     # A later bootstrap without an origin leaves it as it is.
     bootstrap.bootstrap(moto_session, stage.deployed_settings("prod"))
     assert s3.get_bucket_cors(Bucket="ml-api-prod-models")["CORSRules"] == [rule]

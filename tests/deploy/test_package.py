@@ -136,9 +136,11 @@ def test_template_wires_layer_queue_and_settings(built):
     # account and region through Fn::Sub.
     roles = {name: r["Properties"] for name, r in resources.items()
              if r["Type"] == "AWS::IAM::Role"}
-    assert sorted(roles) == ["ApiHandlerRole", "ApiKeyAuthorizerRole", "TrainModelRole"]
+    assert sorted(roles) == ["ApiHandlerRole", "ApiKeyAuthorizerRole", "SweepExpiredRole",
+                             "TrainModelRole"]
     for function, resource in (("api_handler", "APIHandler"), ("train_model", "TrainModel"),
-                               ("api_key_authorizer", "ApiKeyAuthorizer")):
+                               ("api_key_authorizer", "ApiKeyAuthorizer"),
+                               ("sweep_expired", "SweepExpired")):
         role = resources[resource]["Properties"]["Role"]
         assert role == {"Fn::GetAtt": [f"{to_cfn_resource_name(function)}Role", "Arn"]}
         [policy] = roles[f"{to_cfn_resource_name(function)}Role"]["Policies"]
@@ -161,7 +163,13 @@ def test_template_wires_layer_queue_and_settings(built):
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert sorted(g["LogGroupName"]["Fn::Sub"] for g in groups) == [
         "/aws/lambda/${APIHandler}", "/aws/lambda/${ApiKeyAuthorizer}",
-        "/aws/lambda/${TrainModel}"]
+        "/aws/lambda/${SweepExpired}", "/aws/lambda/${TrainModel}"]
+    # The sweep of expired models, on EventBridge's schedule.
+    sweep = resources["SweepExpired"]["Properties"]
+    assert (sweep["MemorySize"], sweep["Timeout"], sweep["Layers"]) == (256, 300, [FAKE_LAYER])
+    [schedule] = sweep["Events"].values()
+    assert schedule["Type"] == "Schedule"
+    assert schedule["Properties"]["Schedule"] == "rate(10 minutes)"
     assert {g["RetentionInDays"] for g in groups} == {90}
     # prod: API Gateway checks X-Api-Key with the app's authorizer on every route
     # but the dashboard page, which holds no data and asks for the key itself.

@@ -33,6 +33,7 @@ from moto.iam.access_control import IAMPolicy, PermissionResult
 
 from chalicelib import aws, components, storage
 from chalicelib.config import Settings
+from chalicelib.registry import ModelRegistry
 from devstack import bootstrap, stage
 from infra import iam, policies
 from tests.conftest import IRIS
@@ -232,6 +233,40 @@ def _policy_drive(recorder: Recorder, session) -> dict:
     assert "url" in api("GET", f"/models/{iris}/artifact", headers=headers).json_body
     assert api("GET", "/models", headers=headers).status_code == 200
 
+    # Expiry. A model deleted while it trains: the trainer removes what it wrote.
+    # A DELETE of an expired model finishes the job. The sweep removes another
+    # expired model, a dataset whose item is gone, and an upload no model names.
+    def expire(model):
+        registry.update_item(TableName=settings.table, Key={"model_id": {"S": model}},
+                             UpdateExpression="SET expires_at = :past",
+                             ExpressionAttributeValues={":past": {"N": "1"}})
+
+    short, swept, doomed = (api("POST", "/models?ttl_hours=1", headers=csv, body=IRIS)
+                            .json_body["model_id"] for _ in range(3))
+    real_mark_ready = ModelRegistry.mark_ready
+
+    def deleted_meanwhile(self, model_id, *args, **kwargs):
+        if model_id == doomed:
+            registry.delete_item(TableName=settings.table, Key={"model_id": {"S": doomed}})
+        return real_mark_ready(self, model_id, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ModelRegistry, "mark_ready", deleted_meanwhile)
+        seen["expiry_trained"] = len(train_queued())
+    for model in (short, swept):
+        expire(model)
+    seen["expired_delete"] = api("DELETE", f"/models/{short}", headers=headers).status_code
+    s3.put_object(Bucket=settings.bucket, Key=storage.dataset_key("model_orphaned"), Body=IRIS)
+    s3.put_object(Bucket=settings.bucket, Key=storage.upload_key("upload_" + "0" * 24), Body=IRIS)
+    with recorder.acting_as("sweep_expired"):
+        client.lambda_.invoke("sweep_expired", client.events.generate_cw_event(
+            source="aws.events", detail_type="Scheduled Event", detail={},
+            resources=[f"arn:aws:events:{REGION}:{ACCOUNT}:rule/sweep"], region=REGION))
+    seen["expired_left"] = sorted(
+        entry["Key"] for entry in s3.list_objects_v2(Bucket=settings.bucket).get("Contents", [])
+        if any(name in entry["Key"] for name in (short, swept, doomed, "model_orphaned",
+                                                 "upload_" + "0" * 24)))
+
     # Delete a model trained from an upload, and one from posted CSV.
     for model in (uploaded, iris, never):
         assert api("DELETE", f"/models/{model}", headers=headers).status_code == 204
@@ -255,6 +290,8 @@ def drive():
     """The recorded run, once for the module: (requests, what it saw)."""
     recorder = Recorder()
     environment = {**stage.stage_environment("prod"), "REQUIRE_API_KEY": "true",
+                   # The sweep removes orphans and stray uploads at once.
+                   "ORPHAN_GRACE_SECONDS": "0", "UPLOAD_RETENTION_SECONDS": "0",
                    "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
                    "AWS_DEFAULT_REGION": REGION}
     original_client = aws.client
@@ -297,6 +334,8 @@ def test_the_run_went_through_every_path(drive):
     assert seen["trained"] == 3
     assert seen["statuses"] == ["Ready to Use", "Ready to Use", "Training Failed"]
     assert seen["undone"] == 503 and seen["objects_left"] == 0
+    assert seen["expiry_trained"] == 3 and seen["expired_delete"] == 204
+    assert seen["expired_left"] == []
     assert {request.function for request in requests} == set(_app_functions())
 
 
@@ -319,7 +358,8 @@ def test_each_function_is_allowed_every_request_it_makes(drive):
                    for function in documents}
     record("Security: AWS rules", "IAM, per function",
            "ran each Lambda function through every path that reaches AWS (submit, upload form, "
-           "claim, train, predict, link, list, delete, undone submission, authorizer) and "
+           "claim, train, predict, link, list, delete, undone submission, authorizer, expired "
+           "DELETE, the expiry sweep, a model deleted while it trained) and "
            "checked each request, presigned ones and run-time keys included, against that "
            "function's own policy",
            len(requests), f"{len(requests) - len(denied)} allowed, {len(denied)} denied; "
