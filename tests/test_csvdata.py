@@ -27,7 +27,7 @@ def test_bom_crlf_quotes_and_blank_lines_are_accepted():
     body = '\ufeff1,2,"a"\r\n\r\n3,4,b\r\n'.encode()
     data = parse_training(body)
     np.testing.assert_array_equal(data.features, [[1, 2], [3, 4]])
-    assert data.labels == ["a", "b"]
+    assert data.labels.tolist() == ["a", "b"]
 
 
 @pytest.mark.parametrize("body, reason", [
