@@ -11,12 +11,11 @@ import logging
 import pickle
 import time
 import uuid
-from collections import Counter
 from dataclasses import asdict, dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib.csvdata import CsvError, TrainingData, parse_training
+from chalicelib.csvdata import BLOCK_ROWS, CsvError, TrainingData, parse_training
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage
 from chalicelib.registry import ModelRegistry, Status
@@ -44,92 +43,181 @@ class TrainingOptions:
         return cls(**json.loads(text)) if text else cls()
 
 
-def _new_pipeline(options: TrainingOptions):
+def _classifier(options: TrainingOptions, warm_start: bool = False):
     from sklearn.linear_model import LogisticRegression
+
+    return LogisticRegression(C=options.C, max_iter=options.max_iter,
+                              class_weight=options.class_weight,
+                              fit_intercept=options.fit_intercept, warm_start=warm_start)
+
+
+def _new_pipeline(options: TrainingOptions):
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
 
     # The scaler is fitted here and stored with the model, so predictions are
     # scaled with the training statistics (the seed re-scaled every predict
     # batch on its own statistics, which made single-row answers meaningless).
-    return Pipeline([("scale", StandardScaler()), ("classify", LogisticRegression(
-        C=options.C, max_iter=options.max_iter, class_weight=options.class_weight,
-        fit_intercept=options.fit_intercept))])
+    return Pipeline([("scale", StandardScaler()), ("classify", _classifier(options))])
 
 
 def fit_pipeline(data: TrainingData, options: TrainingOptions = TrainingOptions()):
-    import numpy as np
-
-    pipeline = _new_pipeline(options)
-    pipeline.fit(data.features, np.asarray(data.labels))
-    return pipeline
+    """A plain scikit-learn fit from scratch on a copy of the data (the
+    reference that train_and_evaluate's cheaper path is checked against)."""
+    return _new_pipeline(options).fit(data.features, data.labels)
 
 
 DEFAULT_HOLDOUT = 0.2
 MIN_ROWS_PER_CLASS_FOR_HOLDOUT = 5
 
 
-def _score(model, features, labels, classes: list) -> dict:
+def _blocks(rows: int):
+    for start in range(0, rows, BLOCK_ROWS):
+        yield slice(start, min(rows, start + BLOCK_ROWS))
+
+
+def _fitted_scaler(features):
+    """A StandardScaler fitted a block at a time: fitting it at once would
+    make a temporary as large as the matrix."""
+    from sklearn.preprocessing import StandardScaler
+
+    scaler = StandardScaler()
+    for block in _blocks(len(features)):
+        scaler.partial_fit(features[block])
+    return scaler
+
+
+def _scale_in_place(features, scaler) -> None:
+    for block in _blocks(len(features)):
+        scaler.transform(features[block], copy=False)
+
+
+def _rescale_in_place(features, old, new) -> None:
+    """Rows scaled by `old` become rows scaled by `new`:
+    (x - m_new) / s_new = x_old * (s_old / s_new) + (m_old - m_new) / s_new."""
+    ratio = old.scale_ / new.scale_
+    shift = (old.mean_ - new.mean_) / new.scale_
+    for block in _blocks(len(features)):
+        features[block] *= ratio
+        features[block] += shift
+
+
+def _move_holdout_to_end(features, codes, test_rows: int) -> None:
+    """Picks the stratified holdout train_test_split(stratify=..., random_state=0)
+    would pick, and swaps its rows to the end of the matrix in place, so the
+    two parts are views and the matrix is never copied."""
+    import numpy as np
+    from sklearn.model_selection import StratifiedShuffleSplit
+
+    n_rows = len(codes)
+    train_rows = n_rows - test_rows
+    split = StratifiedShuffleSplit(n_splits=1, test_size=test_rows, train_size=train_rows,
+                                   random_state=0)
+    _, test = next(split.split(codes, codes))
+    is_test = np.zeros(n_rows, dtype=bool)
+    is_test[test] = True
+    del test
+    front = np.flatnonzero(is_test[:train_rows])  # held-out rows in the training part
+    back = train_rows + np.flatnonzero(~is_test[train_rows:])  # and the other way round
+    del is_test
+    for block in _blocks(len(front)):
+        a, b = front[block], back[block]
+        features[a], features[b] = features[b], features[a]  # fancy indexing copies
+        codes[a], codes[b] = codes[b], codes[a]
+
+
+def _score(classifier, features, codes, classes: list) -> dict:
+    """The metrics of a classifier fitted on class codes, predicting a block
+    of rows at a time (whole-set probabilities would take rows x classes)."""
+    import numpy as np
     from sklearn import metrics
 
-    probabilities = model.predict_proba(features)
-    predicted = model.classes_.take(probabilities.argmax(axis=1))
+    every_class = np.arange(len(classes))
+    predicted = np.empty(len(codes), dtype=np.int32)
+    loss = 0.0
+    for block in _blocks(len(codes)):
+        probabilities = classifier.predict_proba(features[block])
+        predicted[block] = probabilities.argmax(axis=1)
+        loss += metrics.log_loss(codes[block], probabilities, labels=every_class,
+                                 normalize=False)
     precision, recall, f1, support = metrics.precision_recall_fscore_support(
-        labels, predicted, labels=model.classes_, zero_division=0)
+        codes, predicted, labels=every_class, zero_division=0)
     return {
-        "accuracy": float(metrics.accuracy_score(labels, predicted)),
-        "log_loss": float(metrics.log_loss(labels, probabilities, labels=model.classes_)),
-        "macro_f1": float(metrics.f1_score(labels, predicted, average="macro", zero_division=0)),
+        "accuracy": float(metrics.accuracy_score(codes, predicted)),
+        "log_loss": float(loss / len(codes)),
+        "macro_f1": float(metrics.f1_score(codes, predicted, labels=every_class,
+                                           average="macro", zero_division=0)),
         "per_class": [{"class": c, "precision": float(p), "recall": float(r), "f1": float(f),
                        "support": int(n)}
                       for c, p, r, f, n in zip(classes, precision, recall, f1, support)],
         "confusion_matrix": {"labels": classes, "rows_are": "true class",
                              "matrix": metrics.confusion_matrix(
-                                 labels, predicted, labels=model.classes_).tolist()},
+                                 codes, predicted, labels=every_class).tolist()},
     }
 
 
 def train_and_evaluate(data: TrainingData, options: TrainingOptions):
     """Scores the model on a stratified holdout (or, when the data is too small
     for one, on the training set, and says so), then fits the final model on
-    every row. A ConvergenceWarning becomes "converged": false."""
+    every row. A ConvergenceWarning becomes "converged": false.
+
+    To train data near the size of the trainer's memory, it works in place:
+    data.features is scaled (and its rows reordered), and no copy of the
+    matrix is made. The final fit starts from the holdout model's
+    coefficients: the problem is convex, so it reaches the same optimum as a
+    fit from scratch (within the solver's tolerance) in a few iterations."""
     import warnings
 
     import numpy as np
     from sklearn.exceptions import ConvergenceWarning
-    from sklearn.model_selection import train_test_split
+    from sklearn.pipeline import Pipeline
 
     started = time.perf_counter()
-    labels = np.asarray(data.labels)
-    smallest = min(Counter(data.labels).values())
+    features, codes = data.features, data.codes
+    smallest = int(np.bincount(codes, minlength=len(data.classes)).min())
     holdout = options.holdout
     if holdout is None:
         holdout = DEFAULT_HOLDOUT if smallest >= MIN_ROWS_PER_CLASS_FOR_HOLDOUT else 0.0
     evaluation: dict = {"evaluated_on": "training set"}
+    classifier = _classifier(options, warm_start=True)
+    scaler = None
     if holdout > 0:
         test_rows = int(np.ceil(holdout * data.n_rows))
         if smallest >= 2 and len(data.classes) <= test_rows <= data.n_rows - len(data.classes):
-            train_x, test_x, train_y, test_y = train_test_split(
-                data.features, labels, test_size=test_rows, stratify=labels, random_state=0)
+            _move_holdout_to_end(features, codes, test_rows)
+            train_rows = data.n_rows - test_rows
+            scaler = _fitted_scaler(features)
+            held_out_scaler = _fitted_scaler(features[:train_rows])
+            _scale_in_place(features, held_out_scaler)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                held_out = _new_pipeline(options).fit(train_x, train_y)
+                classifier.fit(features[:train_rows], codes[:train_rows])
             evaluation = {"evaluated_on": "holdout", "holdout_rows": test_rows,
-                          **_score(held_out, test_x, test_y, data.classes)}
+                          "holdout_iterations": int(np.max(classifier.n_iter_)),
+                          **_score(classifier, features[train_rows:], codes[train_rows:],
+                                   data.classes)}
+            _rescale_in_place(features, held_out_scaler, scaler)
         else:
             evaluation["holdout_skipped"] = (
                 f"a stratified holdout of {holdout:g} needs every class in both parts; "
                 f"the smallest class has {smallest} rows")
+    if scaler is None:
+        scaler = _fitted_scaler(features)
+        _scale_in_place(features, scaler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        pipeline = fit_pipeline(data, options)
+        classifier.fit(features, codes)
     if evaluation["evaluated_on"] == "training set":
-        evaluation.update(_score(pipeline, data.features, labels, data.classes))
+        evaluation.update(_score(classifier, features, codes, data.classes))
+    # Fitted on class codes 0..k-1, which stand for the sorted classes: what
+    # predict answers is classes_[code], so the labels come back as they were.
+    classifier.set_params(warm_start=False)
+    classifier.classes_ = np.asarray(data.classes)
     evaluation.update(
         training_seconds=round(time.perf_counter() - started, 3),
-        iterations=int(np.max(pipeline[-1].n_iter_)),
+        iterations=int(np.max(classifier.n_iter_)),
         converged=not any(issubclass(w.category, ConvergenceWarning) for w in caught))
-    return pipeline, evaluation
+    return Pipeline([("scale", scaler), ("classify", classifier)]), evaluation
 
 
 # Serving arrays up to this size also ride in the status item (DynamoDB items
