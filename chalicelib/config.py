@@ -40,6 +40,12 @@ class Settings:
     # a second delivery of its message meanwhile does not train it again,
     # and after a crash the next delivery takes over once the lease ends.
     training_lease_seconds: float
+    # The trainer's memory: Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE in the
+    # function's environment (3008 MB in .chalice/config.json).
+    trainer_memory_mb: int = 3008
+    # Uploads larger than this are refused before they are read (None: derived
+    # from the trainer's memory, see training.MemoryBudget).
+    max_dataset_bytes: int | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -53,4 +59,7 @@ class Settings:
             model_cache_size=int(os.environ.get("MODEL_CACHE_SIZE", "32")),
             model_recheck_seconds=float(os.environ.get("MODEL_RECHECK_SECONDS", "60")),
             training_lease_seconds=float(os.environ.get("TRAINING_LEASE_SECONDS", "900")),
+            trainer_memory_mb=int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3008")),
+            max_dataset_bytes=(int(os.environ["MAX_DATASET_BYTES"])
+                               if os.environ.get("MAX_DATASET_BYTES") else None),
         )

@@ -17,7 +17,7 @@ import json
 import math
 import warnings
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -229,10 +229,12 @@ class _TrainingBuilder:
     and each row's class as a small integer (a list of a million label strings
     takes more memory than their numbers)."""
 
-    def __init__(self, header: bool, size_hint: int | None, max_matrix_bytes: int | None):
+    def __init__(self, header: bool, size_hint: int | None,
+                 max_rows: Callable[[int], int] | None):
         self._header = header
         self._size_hint = size_hint
-        self._max_matrix_bytes = max_matrix_bytes
+        self._max_rows_for = max_rows
+        self._max_rows: int | None = None
         self._width: int | None = None
         self._names: list[str] | None = None
         self._matrix: np.ndarray | None = None
@@ -351,11 +353,13 @@ class _TrainingBuilder:
         if count == 0:
             return
         needed = self._rows + count
-        if self._max_matrix_bytes is not None and needed * width * 8 > self._max_matrix_bytes:
+        if self._max_rows_for is not None and self._max_rows is None:
+            self._max_rows = self._max_rows_for(self._width)
+        if self._max_rows is not None and needed > self._max_rows:
             raise DatasetTooLarge(
-                f"the data has more than {needed:,} rows of {width} features, over "
-                f"{self._max_matrix_bytes / 2**20:,.0f} MB as 64-bit floats: more than the "
-                "trainer's memory can train (it stopped reading there)")
+                f"the data has more than {self._max_rows:,} rows of {width} features "
+                f"({self._bytes_seen / 1e6:,.1f} MB of CSV read so far), more than the "
+                "trainer's memory can train")
         if self._matrix is None or needed > len(self._matrix):
             self._grow(needed, width)
         self._matrix[self._rows:needed] = features
@@ -369,8 +373,8 @@ class _TrainingBuilder:
         capacity = int(needed * 1.5) + 1024
         if self._size_hint and self._bytes_seen:
             capacity = max(needed, int(needed * self._size_hint / self._bytes_seen * 1.02) + 1024)
-        if self._max_matrix_bytes is not None:
-            capacity = max(needed, min(capacity, self._max_matrix_bytes // (8 * width)))
+        if self._max_rows is not None:
+            capacity = max(needed, min(capacity, self._max_rows))
         if self._matrix is None:
             self._matrix = np.empty((capacity, width), np.float64)
             self._raw_codes = np.empty(capacity, np.int32)
@@ -414,16 +418,16 @@ class _TrainingBuilder:
 
 
 def parse_training(source, header: bool = False, *, size: int | None = None,
-                   max_matrix_bytes: int | None = None) -> TrainingData:
+                   max_rows: Callable[[int], int] | None = None) -> TrainingData:
     """Rows of features with the label last; with `header`, the first row
     names the columns (the features' names are kept, the label's is not).
 
     `source` is the body (bytes) or a stream with .read(n), whose `size` in
-    bytes helps size the matrix. With `max_matrix_bytes`, reading stops with
-    DatasetTooLarge once the matrix would pass it."""
+    bytes helps size the matrix. `max_rows(columns)` bounds the rows: reading
+    stops with DatasetTooLarge past it, before memory runs out."""
     if isinstance(source, (bytes, bytearray)):
         size = len(source)
-    builder = _TrainingBuilder(header, size, max_matrix_bytes)
+    builder = _TrainingBuilder(header, size, max_rows)
     for piece, line, offset in _pieces(source):
         builder.add(piece, line, offset)
     return builder.finish()

@@ -167,6 +167,10 @@ _SCHEMAS: dict[str, dict] = {
                           "description": "How to check the download's HMAC-SHA256 "
                                          "(x-amz-meta-hmac-sha256 header)."},
             "classes": {"type": "array", "items": _schema("Label")},
+            "metrics_url": {"type": "string", "format": "uri",
+                            "description": "A presigned S3 URL to the whole metrics (JSON), "
+                                           "present when their per-class figures were too "
+                                           "large for the status answer."},
         },
     },
     "Upload": {

@@ -17,8 +17,8 @@ from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
                                  Status, now_iso)
 from chalicelib.serving import Predictor
-from chalicelib.storage import (PIPELINE_ARTIFACT, ArtifactStore, artifact_key, dataset_key,
-                                upload_key)
+from chalicelib.storage import (METRICS_ARTIFACT, PIPELINE_ARTIFACT, ArtifactStore,
+                                artifact_key, dataset_key, upload_key)
 from chalicelib.training import TrainingOptions
 
 
@@ -158,7 +158,7 @@ class ModelService:
     def download(self, model_id: str, expires_in: int = 3600) -> dict:
         """Where to fetch the model's scikit-learn pipeline, for a ready model."""
         record = self._ready_record(model_id)
-        return {
+        answer = {
             "model_id": model_id,
             "url": self._store.artifact_url(model_id, PIPELINE_ARTIFACT, expires_in),
             "expires_in": expires_in,
@@ -168,6 +168,10 @@ class ModelService:
                          "+ the bytes, in the x-amz-meta-hmac-sha256 header",
             "classes": record.classes,
         }
+        if record.metrics is not None and "per_class_metrics" in record.metrics:
+            # Too large for the status item: the whole metrics are in S3.
+            answer["metrics_url"] = self._store.artifact_url(model_id, METRICS_ARTIFACT, expires_in)
+        return answer
 
     def _ready_record(self, model_id: str) -> ModelRecord:
         record = self.record(model_id)

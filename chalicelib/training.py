@@ -15,12 +15,14 @@ from dataclasses import asdict, dataclass
 
 from botocore.exceptions import ClientError
 
-from chalicelib.csvdata import BLOCK_ROWS, CsvError, TrainingData, parse_training
+from chalicelib.csvdata import (BLOCK_ROWS, CsvError, DatasetTooLarge, TrainingData,
+                                parse_training)
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage
 from chalicelib.registry import ModelRegistry, Status
 from chalicelib.serving import ServingModel
-from chalicelib.storage import PIPELINE_ARTIFACT, SERVING_ARTIFACT, UPLOADS_PREFIX, ArtifactStore
+from chalicelib.storage import (METRICS_ARTIFACT, PIPELINE_ARTIFACT, SERVING_ARTIFACT,
+                                ArtifactStore, upload_id_of)
 
 
 @dataclass(frozen=True)
@@ -224,52 +226,149 @@ def train_and_evaluate(data: TrainingData, options: TrainingOptions):
 # hold 400 KB), so a cold predict needs no S3 read; larger models are read
 # from serving.npz.
 EMBED_LIMIT_BYTES = 64 * 1024
+# Metrics larger than this (per-class figures and the confusion matrix grow
+# with the classes, and 600 classes passed DynamoDB's 400 KB) go to S3 whole;
+# the item keeps the overall figures.
+METRICS_ITEM_LIMIT_BYTES = 64 * 1024
+_PER_CLASS_METRICS = ("per_class", "confusion_matrix")
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """What the trainer's memory can train, checked before each step that
+    could exceed it, so a dataset too large ends in "Training Failed" with its
+    size rather than in an out-of-memory crash, retried until the dead-letter
+    queue.
+
+    The fit's peak, measured (bench/capacity.py): the float64 matrix, the
+    class codes, and what scikit-learn's lbfgs keeps per row while it fits
+    (the label encoded twice, sample weights, and per iteration the scores,
+    their gradient and the loss: 8 x (2 k + 1) bytes for k score columns)."""
+    memory_mb: int = 3008
+    max_dataset_bytes_setting: int | None = None
+    # The process itself (Python, numpy, scipy, scikit-learn, botocore: about
+    # 160 MB here) and room for the model, the artifacts and slack.
+    reserved_mb: int = 400
+
+    @property
+    def bytes(self) -> int:
+        return max(0, self.memory_mb - self.reserved_mb) * 2**20
+
+    @property
+    def max_dataset_bytes(self) -> int:
+        """Larger CSVs are refused before they are read. Narrow CSVs of short
+        numbers can need more than their size (a matrix value takes 8 bytes):
+        those stop while being read, at max_rows."""
+        if self.max_dataset_bytes_setting is not None:
+            return self.max_dataset_bytes_setting
+        return self.bytes
+
+    @staticmethod
+    def bytes_per_row(n_features: int, n_classes: int) -> int:
+        score_columns = 1 if n_classes <= 2 else n_classes
+        return 8 * n_features + 4 + 8 * (2 * score_columns + 1) + 40
+
+    def fit_bytes(self, n_rows: int, n_features: int, n_classes: int) -> int:
+        # lbfgs also keeps 10 past steps and gradients of every coefficient.
+        coefficients = max(2, n_classes) * (n_features + 1)
+        return (n_rows * self.bytes_per_row(n_features, n_classes)
+                + 8 * 25 * coefficients + 8 * n_classes * n_classes)
+
+    def max_rows(self, width: int) -> int:
+        """Rows of `width` CSV columns (features and the label) past which even
+        two classes cannot train."""
+        return self.bytes // self.bytes_per_row(width - 1, 2)
+
+    def check_fit(self, data: TrainingData) -> None:
+        needed = self.fit_bytes(data.n_rows, data.n_features, len(data.classes))
+        if needed > self.bytes:
+            raise DatasetTooLarge(
+                f"{data.n_rows:,} rows x {data.n_features} features and {len(data.classes)} "
+                f"classes need about {needed / 2**20:,.0f} MB to train; the trainer has "
+                f"{self.bytes / 2**20:,.0f} MB for data ({self.memory_mb:,} MB in all)")
 
 
 class TrainingInProgress(Exception):
     """Another delivery of the same message holds the model; retry later."""
 
 
+# Failures that a retry would only repeat: the message is not sent round
+# again (three times, then to the dead-letter queue); the model fails at once.
+_PERMANENT_AWS_ERRORS = {"ValidationException", "ItemCollectionSizeLimitExceededException",
+                         "EntityTooLarge", "InvalidArgument"}
+
+
+def _permanent(error: Exception) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    return (isinstance(error, ClientError)
+            and error.response.get("Error", {}).get("Code") in _PERMANENT_AWS_ERRORS)
+
+
+def _split_metrics(metrics: dict) -> tuple[dict, bytes | None]:
+    """(what the status item keeps, the whole metrics as JSON when too large for it)."""
+    whole = json.dumps(metrics).encode()
+    if len(whole) <= METRICS_ITEM_LIMIT_BYTES:
+        return metrics, None
+    kept = {name: value for name, value in metrics.items() if name not in _PER_CLASS_METRICS}
+    kept["per_class_metrics"] = (
+        f"per_class and confusion_matrix for {len(metrics.get('per_class', []))} classes "
+        f"take {len(whole):,} bytes, too many for the status: they are in the model's "
+        "metrics.json (metrics_url in GET /models/{model_id}/artifact)")
+    return kept, whole
+
+
 class Trainer:
     def __init__(self, registry: ModelRegistry, store: ArtifactStore, max_receives: int,
-                 lease_seconds: float):
+                 lease_seconds: float, budget: MemoryBudget = MemoryBudget()):
         self._registry = registry
         self._store = store
         self._max_receives = max_receives
         self._lease_seconds = lease_seconds
+        self._budget = budget
 
-    def _dataset(self, key: str) -> bytes:
+    def _read(self, key: str, header: bool) -> TrainingData:
+        """Streams the dataset from S3 into the matrix, after checking its size."""
         try:
-            return self._store.get_dataset(key)
+            stream, size = self._store.open_dataset(key)
         except ClientError as error:
             # A missing upload is the client's doing (never PUT, or PUT too
-            # late); a missing dataset of ours is worth retrying.
-            if key.startswith(UPLOADS_PREFIX) and error.response["Error"]["Code"] == "NoSuchKey":
-                raise CsvError(f"nothing was uploaded to {key}: PUT the CSV to the upload's "
-                               "URL before its link expires, then train it") from None
+            # late); a missing dataset of ours is worth retrying. The key is
+            # not shown: whoever can list models would learn the upload's name.
+            upload_id = upload_id_of(key)
+            if upload_id is not None and error.response["Error"]["Code"] == "NoSuchKey":
+                raise CsvError(f"the upload {upload_id} was never PUT or has expired: PUT the "
+                               "CSV to the upload's URL before its link expires, then train "
+                               "it") from None
             raise
+        with contextlib.closing(stream):
+            limit = self._budget.max_dataset_bytes
+            if size > limit:
+                raise DatasetTooLarge(
+                    f"the dataset is {size / 1e6:,.1f} MB; the trainer reads at most "
+                    f"{limit / 1e6:,.1f} MB ({self._budget.memory_mb:,} MB of memory)")
+            return parse_training(stream, header, size=size, max_rows=self._budget.max_rows)
 
     def handle(self, message: TrainingMessage, receive_count: int = 1) -> str:
         """Trains the message's model; returns what happened.
 
-        Errors in the data mark the model failed and return. Anything else
-        (AWS trouble, a crash) propagates so SQS delivers the message again; on
-        the last receive before the dead-letter queue the model is marked failed.
+        Errors in the data, and failures that would only happen again, mark
+        the model failed and return. Anything else (AWS trouble, a crash)
+        propagates so SQS delivers the message again; on the last receive
+        before the dead-letter queue the model is marked failed.
         """
         ids = {"model_id": message.model_id, "task_id": message.task_id}
-        record = self._registry.get(message.model_id)
-        if record is None:
-            log("training.skipped", reason="no such model", **ids)
-            return "unknown model"
-        if record.status in (Status.READY, Status.FAILED):
-            log("training.skipped", reason=f"model is already {record.status}", **ids)
-            return "already done"
         owner = uuid.uuid4().hex
-        if not self._registry.start_training(message.model_id, owner, self._lease_seconds,
-                                             receive_count):
-            record = self._registry.get(message.model_id)
-            if record is None or record.status in (Status.READY, Status.FAILED):
-                log("training.skipped", reason="finished by another delivery", **ids)
+        # One conditional write takes the lease and returns the item (or, if
+        # refused, the item as it was): no read before it.
+        taken, record = self._registry.try_start_training(
+            message.model_id, owner, self._lease_seconds, receive_count)
+        if not taken:
+            if record is None or not record.visible:
+                log("training.skipped", reason="no such model", **ids)
+                return "unknown model"
+            if record.status in (Status.READY, Status.FAILED):
+                log("training.skipped", reason=f"model is already {record.status}", **ids)
                 return "already done"
             # Held by a live trainer. If it dies, this message comes back after
             # its visibility timeout and takes over once the lease has run out.
@@ -277,25 +376,37 @@ class Trainer:
             raise TrainingInProgress(message.model_id)
         log("training.started", receive_count=receive_count, **ids)
         started = time.perf_counter()
+        shape = None
         try:
             options = TrainingOptions.from_json(record.options)
-            data = parse_training(self._dataset(message.dataset_key), options.header)
+            data = self._read(message.dataset_key, options.header)
+            shape = (data.n_rows, data.n_features)
+            self._budget.check_fit(data)
+            classes, feature_names = data.classes, data.feature_names
             pipeline, metrics = train_and_evaluate(data, options)
-            # Both artifacts before READY: a reader never sees a ready model without them.
+            del data  # the matrix: the artifacts need only the model
+            # The artifacts before READY: a reader never sees a ready model without them.
             self._store.put_artifact(message.model_id, PIPELINE_ARTIFACT,
                                      pickle.dumps(pipeline, protocol=pickle.HIGHEST_PROTOCOL))
-            serving = ServingModel.from_pipeline(pipeline, data.feature_names).to_bytes()
+            serving = ServingModel.from_pipeline(pipeline, feature_names).to_bytes()
             self._store.put_artifact(message.model_id, SERVING_ARTIFACT, serving)
+            metrics, whole_metrics = _split_metrics(metrics)
+            if whole_metrics is not None:
+                self._store.put_artifact(message.model_id, METRICS_ARTIFACT, whole_metrics)
             embedded = ((serving, self._store.sign(message.model_id, SERVING_ARTIFACT, serving))
                         if len(serving) <= EMBED_LIMIT_BYTES else None)
             marked = self._registry.mark_ready(
-                message.model_id, data.classes, owner, embedded, metrics,
-                (data.n_rows, data.n_features), data.feature_names)
+                message.model_id, classes, owner, embedded, metrics, shape, feature_names)
         except (CsvError, ValueError) as error:
             self._registry.mark_failed(message.model_id, str(error), owner)
             log("training.failed", level=logging.WARNING, error=str(error), **ids)
             return "failed"
         except Exception as error:
+            if _permanent(error):
+                reason = self._permanent_reason(error, shape)
+                self._registry.mark_failed(message.model_id, reason, owner)
+                log("training.failed", level=logging.ERROR, error=reason, **ids)
+                return "failed"
             if receive_count >= self._max_receives:
                 reason = (f"training failed {receive_count} times; last error: "
                           f"{type(error).__name__}: {error}")
@@ -310,5 +421,14 @@ class Trainer:
             log("training.lease_lost", level=logging.WARNING, **ids)
             return "already done"
         log("training.ready", seconds=round(time.perf_counter() - started, 3),
-            n_rows=data.n_rows, **ids)
+            n_rows=shape[0], **ids)
         return "ready"
+
+    def _permanent_reason(self, error: Exception, shape: tuple[int, int] | None) -> str:
+        if isinstance(error, MemoryError):
+            data = ("" if shape is None
+                    else f" on {shape[0]:,} rows x {shape[1]} features")
+            return (f"training ran out of memory{data}; the trainer has "
+                    f"{self._budget.memory_mb:,} MB (not retried: it would run out again)")
+        return (f"training failed and would fail again, so it was not retried: "
+                f"{type(error).__name__}: {error}")

@@ -169,44 +169,32 @@ def test_an_expired_or_released_lease_can_be_taken_over(aws):
     assert registry.start_training("m", "third", lease_seconds=60)
 
 
-def test_two_deliveries_at_once_train_once(aws, monkeypatch):
-    """Both trainers pass the first status read; the conditional lease decides."""
-    import threading
-
+def test_a_second_delivery_during_training_trains_nothing(aws, monkeypatch):
+    """SQS delivers the message again while the first delivery trains: the
+    conditional lease (one write, no read before it) turns the second away.
+    Deterministic: the duplicate is delivered from inside the first training."""
     from chalicelib import training
     from chalicelib.training import TrainingInProgress
 
     submission = components.service().submit(IRIS)
     [message] = queue_messages(aws, components.settings().queue)
     training_message = TrainingMessage.from_json(message["Body"])
-    fits, both_read = [], threading.Barrier(2)
-    real_get, real_fit = components.registry().get, training.fit_pipeline
+    fits, duplicates = [], []
+    real_train = training.train_and_evaluate
 
-    def get_then_wait(model_id):
-        record = real_get(model_id)
-        if record.status == Status.QUEUED:
-            both_read.wait(timeout=10)
-        return record
-
-    def counting_fit(*args, **kwargs):
+    def train_while_redelivered(*args, **kwargs):
         fits.append(1)
-        return real_fit(*args, **kwargs)
-
-    monkeypatch.setattr(components.registry(), "get", get_then_wait)
-    monkeypatch.setattr(training, "fit_pipeline", counting_fit)
-    outcomes = []
-
-    def deliver():
         try:
-            outcomes.append(components.trainer().handle(training_message))
+            duplicates.append(components.trainer().handle(training_message, receive_count=2))
         except TrainingInProgress:
-            outcomes.append("deferred")
+            duplicates.append("deferred")
+        return real_train(*args, **kwargs)
 
-    threads = [threading.Thread(target=deliver) for _ in range(2)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=30)
-    assert sorted(outcomes) in (["already done", "ready"], ["deferred", "ready"])
-    assert len(fits) == 1
-    assert real_get(submission.model_id).status == Status.READY
+    monkeypatch.setattr(training, "train_and_evaluate", train_while_redelivered)
+    assert components.trainer().handle(training_message) == "ready"
+    assert duplicates == ["deferred"] and len(fits) == 1
+    # Once ready, another delivery changes nothing.
+    before = components.registry().get(submission.model_id)
+    assert components.trainer().handle(training_message, receive_count=3) == "already done"
+    assert components.registry().get(submission.model_id) == before
+    assert len(fits) == 1 and before.status == Status.READY
