@@ -269,7 +269,7 @@ class _TrainingBuilder:
             codes = np.array([self._code(text) for text in texts], dtype=np.int32)[inverse]
         self._append(features, codes)
         if len(self._raw_labels) > MAX_CLASSES:
-            self._check_classes(finished=False)
+            self._check_classes()
 
     def _first_record(self, piece: bytes, line: int) -> int | None:
         """Reads the first record, which sets the width and, with a header,
@@ -382,12 +382,11 @@ class _TrainingBuilder:
             self._matrix.resize((capacity, width), refcheck=False)
             self._raw_codes.resize(capacity, refcheck=False)
 
-    def _check_classes(self, finished: bool) -> list[Label]:
+    def _check_classes(self) -> list[Label]:
         typed = _typed_labels(list(self._raw_labels))
-        classes = sorted(set(typed))
-        if len(classes) > MAX_CLASSES:
-            raise CsvError(f"the labels name {'' if finished else 'more than '}"
-                           f"{len(classes) if finished else MAX_CLASSES:,} classes; a model can "
+        if len(set(typed)) > MAX_CLASSES:
+            # Said as soon as a piece passes the limit, before reading on.
+            raise CsvError(f"the labels name more than {MAX_CLASSES:,} classes; a model can "
                            f"have at most {MAX_CLASSES:,}")
         return typed
 
@@ -398,7 +397,7 @@ class _TrainingBuilder:
             raise CsvError("the body has a header row but no data rows")
         self._matrix.resize((self._rows, self._width - 1), refcheck=False)
         self._raw_codes.resize(self._rows, refcheck=False)
-        typed = self._check_classes(finished=True)
+        typed = self._check_classes()
         classes = sorted(set(typed))
         classes_size = len(json.dumps(classes))
         if classes_size > CLASSES_LIMIT_BYTES:
