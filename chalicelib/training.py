@@ -105,20 +105,25 @@ def _rescale_in_place(features, old, new) -> None:
 
 
 def _move_holdout_to_end(features, codes, test_rows: int) -> None:
-    """Picks the stratified holdout train_test_split(stratify=..., random_state=0)
-    would pick, and swaps its rows to the end of the matrix in place, so the
-    two parts are views and the matrix is never copied."""
+    """Picks a stratified holdout of test_rows rows (each class's share as
+    scikit-learn's StratifiedShuffleSplit gives it, the rows at random with a
+    fixed seed) and swaps its rows to the end of the matrix in place, so the
+    two parts are views and the matrix is never copied. StratifiedShuffleSplit
+    itself would keep about 60 bytes a row of index arrays at once, more than
+    the matrix of narrow data."""
     import numpy as np
-    from sklearn.model_selection import StratifiedShuffleSplit
+    from sklearn.utils.extmath import _approximate_mode
 
+    rng = np.random.default_rng(0)
     n_rows = len(codes)
     train_rows = n_rows - test_rows
-    split = StratifiedShuffleSplit(n_splits=1, test_size=test_rows, train_size=train_rows,
-                                   random_state=0)
-    _, test = next(split.split(codes, codes))
+    counts = np.bincount(codes)
+    per_class = _approximate_mode(counts, test_rows, np.random.RandomState(0))
     is_test = np.zeros(n_rows, dtype=bool)
-    is_test[test] = True
-    del test
+    for code in np.flatnonzero(per_class):
+        rows = np.flatnonzero(codes == code)
+        is_test[rng.choice(rows, size=int(per_class[code]), replace=False)] = True
+        del rows
     front = np.flatnonzero(is_test[:train_rows])  # held-out rows in the training part
     back = train_rows + np.flatnonzero(~is_test[train_rows:])  # and the other way round
     del is_test
@@ -126,6 +131,77 @@ def _move_holdout_to_end(features, codes, test_rows: int) -> None:
         a, b = front[block], back[block]
         features[a], features[b] = features[b], features[a]  # fancy indexing copies
         codes[a], codes[b] = codes[b], codes[a]
+
+
+def _fit(classifier, features, codes, n_classes: int) -> None:
+    """classifier.fit(features, codes) for lbfgs, the same objective, solver
+    and settings as scikit-learn's LogisticRegression, with the loss and its
+    gradient summed a block of rows at a time. scikit-learn's own fit keeps
+    several arrays of rows x classes while it solves (its scores, their
+    gradient, the loss, the encoded labels, sample weights: 85 bytes a row for
+    3 classes, more than the matrix of 4 features); this keeps none, so data
+    near the size of the trainer's memory still trains. scikit-learn's loss
+    kernels (its LinearModelLoss) do the arithmetic, and scipy's L-BFGS-B the
+    solving; warm_start starts from the classifier's coefficients."""
+    import warnings
+
+    import numpy as np
+    from scipy import optimize
+    from sklearn._loss.loss import HalfBinomialLoss, HalfMultinomialLoss
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.linear_model._linear_loss import LinearModelLoss
+    from sklearn.utils._openmp_helpers import _openmp_effective_n_threads
+
+    n_rows, n_features = features.shape
+    binary = n_classes == 2
+    intercept = classifier.fit_intercept
+    dof = n_features + int(intercept)
+    counts = np.bincount(codes, minlength=n_classes)
+    # class_weight="balanced" is scikit-learn's n / (classes x count) per class.
+    weights_of_class = (None if classifier.class_weight is None
+                        else n_rows / (n_classes * counts.astype(np.float64)))
+    weight_sum = float(n_rows if weights_of_class is None else weights_of_class @ counts)
+    l2 = 1.0 / (classifier.C * weight_sum)  # as scikit-learn scales its penalty
+    loss = LinearModelLoss(HalfBinomialLoss() if binary else HalfMultinomialLoss(n_classes=n_classes),
+                           fit_intercept=intercept)
+    threads = _openmp_effective_n_threads()
+
+    def objective(w):
+        total, gradient = 0.0, np.zeros_like(w)
+        for block in _blocks(n_rows):
+            y = codes[block].astype(np.float64)  # binary: 0/1, the second class positive
+            weight = None if weights_of_class is None else weights_of_class[codes[block]]
+            part, part_gradient = loss.loss_gradient(w, features[block], y, weight, 0.0, threads)
+            # Each block's figures are averages over its own weight.
+            share = (len(y) if weight is None else float(weight.sum())) / weight_sum
+            total += part * share
+            gradient += part_gradient * share
+        coefficients, _ = loss.weight_intercept(w)  # the penalty spares the intercept
+        total += 0.5 * l2 * float(np.sum(coefficients * coefficients))
+        if binary:
+            gradient[:n_features] += l2 * coefficients
+        else:  # the classes of one feature are contiguous (scikit-learn's layout)
+            gradient.reshape((n_classes, dof), order="F")[:, :n_features] += l2 * coefficients
+        return total, gradient
+
+    start = np.zeros(dof if binary else n_classes * dof)
+    if classifier.warm_start and hasattr(classifier, "coef_"):
+        previous = np.hstack([classifier.coef_, classifier.intercept_[:, None]])[:, :dof]
+        start = previous[0].copy() if binary else previous.ravel(order="F")
+    result = optimize.minimize(objective, start, method="L-BFGS-B", jac=True, options={
+        "maxiter": classifier.max_iter, "maxls": 50, "gtol": classifier.tol,
+        "ftol": 64 * np.finfo(float).eps})
+    if result.status != 0:
+        warnings.warn(f"lbfgs failed to converge after {result.nit} iterations "
+                      f"({result.message}); increase max_iter", ConvergenceWarning)
+    solution = result.x.reshape((1, dof)) if binary else result.x.reshape(
+        (n_classes, dof), order="F")
+    classifier.coef_ = np.ascontiguousarray(solution[:, :n_features])
+    classifier.intercept_ = (solution[:, n_features].copy() if intercept
+                             else np.zeros(solution.shape[0]))
+    classifier.n_iter_ = np.array([min(result.nit, classifier.max_iter)], dtype=np.int32)
+    classifier.classes_ = np.arange(n_classes)
+    classifier.n_features_in_ = n_features
 
 
 def _score(classifier, features, codes, classes: list) -> dict:
@@ -193,7 +269,8 @@ def train_and_evaluate(data: TrainingData, options: TrainingOptions):
             _scale_in_place(features, held_out_scaler)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", ConvergenceWarning)
-                classifier.fit(features[:train_rows], codes[:train_rows])
+                _fit(classifier, features[:train_rows], codes[:train_rows],
+                     len(data.classes))
             evaluation = {"evaluated_on": "holdout", "holdout_rows": test_rows,
                           "holdout_iterations": int(np.max(classifier.n_iter_)),
                           **_score(classifier, features[train_rows:], codes[train_rows:],
@@ -208,7 +285,7 @@ def train_and_evaluate(data: TrainingData, options: TrainingOptions):
         _scale_in_place(features, scaler)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        classifier.fit(features, codes)
+        _fit(classifier, features, codes, len(data.classes))
     if evaluation["evaluated_on"] == "training set":
         evaluation.update(_score(classifier, features, codes, data.classes))
     # Fitted on class codes 0..k-1, which stand for the sorted classes: what
@@ -240,14 +317,14 @@ class MemoryBudget:
     size rather than in an out-of-memory crash, retried until the dead-letter
     queue.
 
-    The fit's peak, measured (bench/capacity.py): the float64 matrix, the
-    class codes, and what scikit-learn's lbfgs keeps per row while it fits
-    (the label encoded twice, sample weights, and per iteration the scores,
-    their gradient and the loss: 8 x (2 k + 1) bytes for k score columns)."""
+    Training keeps the float64 matrix and a 4-byte class code per row; the
+    holdout's choice needs a few more bytes a row for a moment, and the fit,
+    the scaler and the scoring work a block of rows at a time (measured by
+    bench/training.py: the peak is near the matrix and the codes)."""
     memory_mb: int = 3008
     max_dataset_bytes_setting: int | None = None
     # The process itself (Python, numpy, scipy, scikit-learn, botocore: about
-    # 160 MB here) and room for the model, the artifacts and slack.
+    # 150 MB here) and room for slack.
     reserved_mb: int = 400
 
     @property
@@ -256,28 +333,33 @@ class MemoryBudget:
 
     @property
     def max_dataset_bytes(self) -> int:
-        """Larger CSVs are refused before they are read. Narrow CSVs of short
-        numbers can need more than their size (a matrix value takes 8 bytes):
-        those stop while being read, at max_rows."""
+        """Larger CSVs are refused before they are read. A narrow CSV of short
+        numbers can need more memory than its size (a value takes 8 bytes in
+        the matrix): it stops while being read, at max_rows."""
         if self.max_dataset_bytes_setting is not None:
             return self.max_dataset_bytes_setting
         return self.bytes
 
     @staticmethod
-    def bytes_per_row(n_features: int, n_classes: int) -> int:
-        score_columns = 1 if n_classes <= 2 else n_classes
-        return 8 * n_features + 4 + 8 * (2 * score_columns + 1) + 40
+    def bytes_per_row(n_features: int) -> int:
+        # The matrix, the class code, and the holdout's row indices for a moment.
+        return 8 * n_features + 4 + 16
+
+    @staticmethod
+    def fixed_bytes(n_features: int, n_classes: int) -> int:
+        classes = max(2, n_classes)
+        pieces = 64 * 2**20  # a piece of CSV being parsed, and numpy's reading of it
+        blocks = BLOCK_ROWS * 8 * (n_features + 4 * classes + 4)  # one block's scores
+        solver = 8 * 25 * classes * (n_features + 1)  # lbfgs's past steps
+        return pieces + blocks + solver + 16 * classes * classes  # and the confusion matrix
 
     def fit_bytes(self, n_rows: int, n_features: int, n_classes: int) -> int:
-        # lbfgs also keeps 10 past steps and gradients of every coefficient.
-        coefficients = max(2, n_classes) * (n_features + 1)
-        return (n_rows * self.bytes_per_row(n_features, n_classes)
-                + 8 * 25 * coefficients + 8 * n_classes * n_classes)
+        return n_rows * self.bytes_per_row(n_features) + self.fixed_bytes(n_features, n_classes)
 
     def max_rows(self, width: int) -> int:
         """Rows of `width` CSV columns (features and the label) past which even
         two classes cannot train."""
-        return self.bytes // self.bytes_per_row(width - 1, 2)
+        return max(0, self.bytes - self.fixed_bytes(width - 1, 2)) // self.bytes_per_row(width - 1)
 
     def check_fit(self, data: TrainingData) -> None:
         needed = self.fit_bytes(data.n_rows, data.n_features, len(data.classes))

@@ -8,7 +8,6 @@ import pytest
 from botocore.exceptions import ClientError
 from chalice.test import Client
 from sklearn import datasets
-from sklearn.model_selection import train_test_split
 
 from app import app
 from chalicelib import components, csvdata, training
@@ -61,18 +60,24 @@ def test_the_warm_started_final_model_predicts_as_a_fit_from_scratch(name, body)
     np.testing.assert_allclose(pipeline[0].scale_, reference[0].scale_, rtol=1e-12)
 
 
-def test_the_holdout_is_the_rows_train_test_split_picks():
-    data = parse_training(IRIS)
-    original = data.features.copy()
-    labels = data.labels
-    _, test_x, _, _ = train_test_split(original, labels, test_size=30, stratify=labels,
-                                       random_state=0)
-    training._move_holdout_to_end(data.features, data.codes, 30)
-    assert sorted(map(tuple, data.features[-30:].tolist())) == sorted(map(tuple, test_x.tolist()))
-    # Rows moved with their labels.
+def test_the_holdout_is_stratified_and_moved_with_its_labels():
+    body = b"".join(b"%d,%d,%s\n" % (i, i % 13, b"abc"[i % 3:i % 3 + 1] if i % 10 else b"d")
+                    for i in range(1000))
+    data = parse_training(body)
+    original, labels = data.features.copy(), data.labels
+    training._move_holdout_to_end(data.features, data.codes, 200)
+    # Each class's share of the last 200 rows is its share of all rows.
+    held = np.bincount(data.codes[-200:], minlength=4)
+    assert held.tolist() == (np.bincount(parse_training(body).codes) // 5).tolist()
+    # A permutation of the rows, each still with its own label.
+    assert sorted(map(tuple, data.features.tolist())) == sorted(map(tuple, original.tolist()))
     as_rows = {tuple(row): label for row, label in zip(original.tolist(), labels)}
     assert all(as_rows[tuple(row)] == data.classes[code]
                for row, code in zip(data.features.tolist(), data.codes))
+    # The same split every time.
+    again = parse_training(body)
+    training._move_holdout_to_end(again.features, again.codes, 200)
+    np.testing.assert_array_equal(again.features, data.features)
 
 
 def _queued(body: bytes | None, upload: bool = False, options: str | None = None):
@@ -119,19 +124,21 @@ def test_an_upload_over_the_size_limit_fails_before_it_is_read(aws, monkeypatch)
 
 
 def test_data_that_cannot_fit_in_memory_fails_naming_its_size(aws):
-    # 10 MB for data: enough to read 5,000 rows, not to fit 300 classes on them.
-    budget = MemoryBudget(memory_mb=410, reserved_mb=400)
+    budget = MemoryBudget(memory_mb=500, reserved_mb=400)  # 100 MB for data
+    # Few rows, but 300 classes: one block's scores alone pass the budget.
     many = b"".join(b"%d,%d,c%d\n" % (i, i % 17, i % 300) for i in range(5000))
     message = _queued(many)
     assert _trainer(budget).handle(message) == "failed"
     error = components.registry().get(message.model_id).error
-    assert error.startswith("5,000 rows x 2 features and 300 classes need about 24 MB to train; "
-                            "the trainer has 10 MB for data"), error
+    needed = budget.fit_bytes(5000, 2, 300) / 2**20
+    assert needed > 100
+    assert error == (f"5,000 rows x 2 features and 300 classes need about {needed:,.0f} MB to "
+                     "train; the trainer has 100 MB for data (500 MB in all)")
     # Reading stops as soon as the rows alone are too many.
-    long = _queued(_two_class_csv(200_000))
+    rows = budget.max_rows(3) + 10_000
+    long = _queued(_two_class_csv(rows))
     assert _trainer(budget).handle(long) == "failed"
     error = components.registry().get(long.model_id).error
-    assert budget.max_rows(3) == 10 * 2**20 // (2 * 8 + 4 + 24 + 40)
     assert error.startswith(f"the data has more than {budget.max_rows(3):,} rows of 2 features ("), error
 
 
@@ -242,3 +249,24 @@ def test_the_artifact_of_a_trained_model_is_the_pipeline(aws):
     assert pipeline.predict([[6.9, 3.1, 5.1, 2.3]]).tolist() == ["virginica"]
     assert pipeline[0].copy is True  # scaling a user's rows never changes them
     assert pipeline[-1].warm_start is False
+
+
+@pytest.mark.parametrize("options", [
+    TrainingOptions(), TrainingOptions(C=0.05, class_weight="balanced"),
+    TrainingOptions(fit_intercept=False, C=10)], ids=["default", "balanced", "no intercept"])
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_the_blockwise_fit_is_scikit_learns_fit(monkeypatch, options, n_classes):
+    """The same objective, solver and settings as LogisticRegression.fit, the
+    loss summed over blocks of rows (made small here, so there are many)."""
+    monkeypatch.setattr(training, "BLOCK_ROWS", 97)
+    x, y = datasets.make_classification(n_samples=1000, n_features=6, n_informative=4,
+                                        n_classes=n_classes, weights=[0.6] + [0.4 / (n_classes - 1)]
+                                        * (n_classes - 1), random_state=n_classes)
+    x = (x - x.mean(axis=0)) / x.std(axis=0)
+    ours = training._classifier(options)
+    training._fit(ours, x.copy(), y.astype(np.int32), n_classes)
+    theirs = training._classifier(options).fit(x, y)
+    assert ours.coef_.shape == theirs.coef_.shape and ours.n_iter_ == theirs.n_iter_
+    np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(ours.predict_proba(x), theirs.predict_proba(x), atol=1e-9)
