@@ -270,3 +270,33 @@ def test_the_blockwise_fit_is_scikit_learns_fit(monkeypatch, options, n_classes)
     np.testing.assert_allclose(ours.coef_, theirs.coef_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(ours.intercept_, theirs.intercept_, rtol=1e-6, atol=1e-8)
     np.testing.assert_allclose(ours.predict_proba(x), theirs.predict_proba(x), atol=1e-9)
+
+
+def test_the_metrics_are_scikit_learns(monkeypatch):
+    from sklearn import metrics
+    from sklearn.linear_model import LogisticRegression
+
+    monkeypatch.setattr(training, "BLOCK_ROWS", 50)
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 3))
+    codes = rng.integers(0, 4, 400).astype(np.int32)
+    codes[codes == 3] = 2  # class 3 is never true...
+    classifier = LogisticRegression().fit(np.vstack([x, rng.normal(size=(4, 3))]),
+                                          np.concatenate([codes, [0, 1, 2, 3]]))
+    ours = training._score(classifier, x, codes, ["a", "b", "c", "d"])
+    probabilities = classifier.predict_proba(x)
+    predicted = probabilities.argmax(axis=1)
+    every = [0, 1, 2, 3]
+    precision, recall, f1, support = metrics.precision_recall_fscore_support(
+        codes, predicted, labels=every, zero_division=0)
+    assert ours["accuracy"] == pytest.approx(metrics.accuracy_score(codes, predicted))
+    assert ours["log_loss"] == pytest.approx(metrics.log_loss(codes, probabilities, labels=every))
+    assert ours["macro_f1"] == pytest.approx(metrics.f1_score(codes, predicted, labels=every,
+                                                              average="macro", zero_division=0))
+    assert [c["precision"] for c in ours["per_class"]] == pytest.approx(precision)
+    assert [c["recall"] for c in ours["per_class"]] == pytest.approx(recall)
+    assert [c["f1"] for c in ours["per_class"]] == pytest.approx(f1)
+    assert [c["support"] for c in ours["per_class"]] == support.tolist()
+    assert support[3] == 0  # ...so its recall divides by zero: 0, as zero_division=0 says
+    assert ours["confusion_matrix"]["matrix"] == metrics.confusion_matrix(
+        codes, predicted, labels=every).tolist()
