@@ -79,7 +79,7 @@ test credentials, us-east-1 and the dev stage's variables.
   serving arrays). Ours: its peak RSS (VmHWM) above its RSS after its imports;
   baseline: the same for a child that only reads the CSV's bytes. Target: at
   most 3x the CSV's size.
-- **Trainer capacity**: the trainer's path on 1, 1.5, 2 and 2.5 GB prefixes of
+- **Trainer capacity**: the trainer's path on 1 and 1.5 GB prefixes of
   the repeated file, each in a fresh child that the harness kills as soon as
   its peak RSS passes 3,008 MB (the trainer Lambda's memory), plus a sparse
   file 10% over the upload limit (refused before it is read). Reported: the

@@ -250,27 +250,39 @@ def speed(repeats: int = 5) -> list[Row]:
                 target=Target(min_speedup=round(1 / 1.5, 3)), notes=notes)]
 
 
-CAPACITY_SIZES_GB = (1.0, 1.5, 2.0, 2.5)
+CAPACITY_SIZES_GB = (1.0, 1.5)
 
 
 def memory_and_capacity(quick: bool = False) -> list[Row]:
     rows: list[Row] = []
     with tempfile.TemporaryDirectory(dir=REPO / ".devstack") as scratch:
         piece = Path(scratch) / "piece.csv"
-        _write_iris_like_rows(piece, 300_000 if quick else 3_000_000)
-        piece_size = piece.stat().st_size
         piece_rows = 300_000 if quick else 3_000_000
-        sizes = [("100 MB", piece, piece_size)]
+        _write_iris_like_rows(piece, piece_rows)
+        piece_size = piece.stat().st_size
         big = Path(scratch) / "big.csv"
-        capacity = [] if quick else [int(gb * 1e9) for gb in CAPACITY_SIZES_GB]
+        capacity: list[tuple[int, dict]] = []
+        if not quick:
+            sizes = [int(gb * 1e9) for gb in CAPACITY_SIZES_GB]
+            _repeat_to(piece, big, max(sizes))
+            for size in sizes:
+                size = _prefix_size(big, size)
+                progress(f"capacity: {size / 1e9:.2f} GB within {LAMBDA_MEMORY_MB} MB")
+                capacity.append((size, _trainer(big, size)))
+            # Over the upload limit: refused before a byte is read.
+            over = int(MemoryBudgetFacts.max_dataset_bytes() * 1.1)
+            sparse = Path(scratch) / "over.csv"
+            with open(sparse, "wb") as out:
+                out.truncate(over)
+            capacity.append((over, _trainer(sparse, over)))
+        memory = [(piece, piece_size, _trainer(piece, piece_size, limit_mb=None))]
         if capacity:
-            _repeat_to(piece, big, max(capacity))
-            sizes.append(("1 GB", big, _prefix_size(big, capacity[0])))
-        for label, path, size in sizes:
+            memory.append((big, capacity[0][0], capacity[0][1]))
+        for path, size, trained in memory:
             progress(f"memory: {size / 1e6:,.0f} MB")
-            held, trained = _holding(path, size), _trainer(path, size, limit_mb=None)
+            held = _holding(path, size)
             if trained["outcome"] != "trained":
-                raise RuntimeError(f"the {label} CSV did not train: {trained['outcome']}")
+                raise RuntimeError(f"the {size:,}-byte CSV did not train: {trained['outcome']}")
             size_mb = size / 2**20
             ours = trained["peak_mb"] - trained["baseline_mb"]
             ratio = ours / size_mb
@@ -283,30 +295,19 @@ def memory_and_capacity(quick: bool = False) -> list[Row]:
                       f"in pieces as from S3, size and memory budget checked, holdout and "
                       f"final fit, artifacts built, in {trained['seconds']:.0f} s; the "
                       f"matrix alone is {n_rows * 32 / 2**20:,.0f} MB (8 bytes a value: "
-                      f"4 values of ~8 characters a row), the rest is the class codes and "
-                      f"one piece of CSV being read. Baseline: the same process holding the "
-                      f"CSV's bytes (what .read() of the S3 body costs); {ratio:.2f}x its size "
-                      f"is the ratio, the speed-up column is holding / ours"))
+                      f"4 values of ~8 characters a row), then 4 bytes a row of class codes, "
+                      f"a piece of CSV being read, and the holdout's row indices for a moment. "
+                      f"Baseline: the same process only reading the CSV's bytes (what .read() "
+                      f"of the S3 body costs); the speed-up column is that / ours"))
         if capacity:
-            outcomes = []
-            for size in capacity:
-                size = _prefix_size(big, size)
-                progress(f"capacity: {size / 1e9:.2f} GB within {LAMBDA_MEMORY_MB} MB")
-                outcomes.append((size, _trainer(big, size)))
-            # Over the upload limit: refused before a byte is read.
-            over = int(MemoryBudgetFacts.max_dataset_bytes() * 1.1)
-            sparse = Path(scratch) / "over.csv"
-            with open(sparse, "wb") as out:
-                out.truncate(over)
-            outcomes.append((over, _trainer(sparse, over)))
-            trained = [size for size, outcome in outcomes if outcome["outcome"] == "trained"]
+            trained = [size for size, outcome in capacity if outcome["outcome"] == "trained"]
             largest = max(trained) if trained else None
-            killed = [size for size, outcome in outcomes if outcome["outcome"].startswith("killed")]
+            killed = [size for size, outcome in capacity if outcome["outcome"].startswith("killed")]
             described = "; ".join(
-                f"{size / 1e9:.2f} GB: {outcome['outcome'][:190]}"
+                f"{size / 1e9:.2f} GB: {outcome['outcome'][:200]}"
                 + (f" (peak {outcome['peak_mb']:,.0f} MB, {outcome.get('seconds', 0):.0f} s)"
                    if outcome["outcome"] == "trained" else "")
-                for size, outcome in outcomes)
+                for size, outcome in capacity)
             rows.append(Row(
                 f"Trainer capacity within {LAMBDA_MEMORY_MB:,} MB: largest CSV that trains "
                 "(4 features, 3 classes)", "GB", None if largest is None else round(largest / 1e9, 2),
@@ -314,7 +315,10 @@ def memory_and_capacity(quick: bool = False) -> list[Row]:
                 notes=f"each size in a fresh child killed as soon as its peak RSS (VmHWM) passes "
                       f"{LAMBDA_MEMORY_MB} MB, as Lambda would; out-of-memory kills: "
                       f"{len(killed)} (there must be none: a larger CSV must end 'Training "
-                      f"Failed' naming its size). {described}",
+                      f"Failed' naming its size). The memory budget lets "
+                      f"{MemoryBudgetFacts.max_rows(5):,} rows of 4 features through (about "
+                      f"{MemoryBudgetFacts.max_rows(5) * piece_size / piece_rows / 1e9:.2f} GB of "
+                      f"this CSV); more stop while being read, with the reason. {described}",
                 error=None if not killed else "killed for memory instead of failing cleanly"))
     return rows
 
@@ -325,6 +329,12 @@ class MemoryBudgetFacts:
         from chalicelib.training import MemoryBudget
 
         return MemoryBudget(LAMBDA_MEMORY_MB).max_dataset_bytes
+
+    @staticmethod
+    def max_rows(width: int) -> int:
+        from chalicelib.training import MemoryBudget
+
+        return MemoryBudget(LAMBDA_MEMORY_MB).max_rows(width)
 
 
 def count_aws_calls() -> list[str]:
@@ -369,7 +379,7 @@ def count_aws_calls() -> list[str]:
 
 def latency(endpoint: str, processes: Processes, runs: int = 10) -> list[Row]:
     calls = count_aws_calls()
-    env = child_environment(endpoint)
+    env = {**child_environment(endpoint), **ONE_THREAD}
     [port] = free_ports(1)
     emulator_port = endpoint.rsplit(":", 1)[1]
     stack = processes.start("latency-stack", [
@@ -407,7 +417,8 @@ def latency(endpoint: str, processes: Processes, runs: int = 10) -> list[Row]:
     return [Row("Latency: iris POST /models -> 'Ready to Use' on the local stack (devstack.run), "
                 "vs the bare fit of iris", "ms", ours * 1000, bare * 1000,
                 target=Target(at_most=100.0),
-                notes=f"median of {runs} after one untimed, status polled every 5 ms; the POST "
+                notes=f"median of {runs} after one untimed, status polled every 5 ms, stack "
+                      f"and baseline on 1 BLAS/OpenMP thread; the POST "
                       f"alone {statistics.median(posts) * 1000:.1f} ms; runs (ms): "
                       + ", ".join(f"{t * 1000:.0f}" for t in times)
                       + f". AWS calls for one training (warm containers): {len(calls)}: "
@@ -431,7 +442,7 @@ def _bare_iris_fit(runs: int) -> float:
             "    times.append(time.perf_counter() - s)\n"
             "print(statistics.median(times))\n")
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
-                            text=True, timeout=300)
+                            text=True, timeout=300, env={**os.environ, **ONE_THREAD})
     if result.returncode:
         raise RuntimeError(result.stderr[-1500:])
     return float(result.stdout.strip().splitlines()[-1])
