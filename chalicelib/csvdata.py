@@ -171,9 +171,13 @@ def _record_end(buffer: bytes) -> int:
     line break inside quotes is not the end of a record: an even number of
     quotes comes before a real one (a doubled "" inside quotes counts twice)."""
     end = buffer.rfind(b"\n")
-    if b'"' in buffer:
-        while end >= 0 and buffer.count(b'"', 0, end) % 2:
-            end = buffer.rfind(b"\n", 0, end)
+    if end < 0 or b'"' not in buffer:
+        return end + 1
+    quotes_before = buffer.count(b'"', 0, end)
+    while end >= 0 and quotes_before % 2:  # one pass back, whatever the quoting
+        previous = buffer.rfind(b"\n", 0, end)
+        quotes_before -= buffer.count(b'"', previous + 1, end)
+        end = previous
     return end + 1
 
 

@@ -194,3 +194,19 @@ def test_reading_stops_at_the_rows_the_memory_can_train(monkeypatch):
         parse_training(body, max_rows=lambda columns: 1000 if columns == 3 else 0)
     assert str(error.value).startswith("the data has more than 1,000 rows of 2 features (")
     assert "more than the trainer's memory can train" in str(error.value)
+
+
+def test_an_unclosed_quote_costs_one_pass_per_piece(monkeypatch):
+    """Finding where the last record of a piece ends is linear: a quote never
+    closed over thousands of lines is an error, found in a blink."""
+    import time
+
+    monkeypatch.setattr(csvdata, "CHUNK_BYTES", 1 << 20)
+    monkeypatch.setattr(csvdata, "MAX_RECORD_BYTES", 1 << 30)
+    body = b'1,"a\n' + b"2,b\n" * 1_000_000
+    started = time.perf_counter()
+    with pytest.raises(CsvError, match=r"^row \d+: (unexpected end of data|field larger)"):
+        parse_training(body)
+    # Not a speed target: a guard against scanning the piece again per line
+    # (quadratic: hours here), with a bound far above the linear seconds.
+    assert time.perf_counter() - started < 60
