@@ -12,7 +12,7 @@ from chalicelib.security import ApiKeys, ArtifactSigner
 from chalicelib.serving import Predictor
 from chalicelib.service import ModelService
 from chalicelib.storage import ArtifactStore
-from chalicelib.training import Trainer
+from chalicelib.training import MemoryBudget, Trainer
 
 
 @functools.cache
@@ -51,7 +51,8 @@ def service() -> ModelService:
 @functools.cache
 def trainer() -> Trainer:
     return Trainer(registry(), store(), settings().max_receives,
-                   settings().training_lease_seconds)
+                   settings().training_lease_seconds,
+                   MemoryBudget(settings().trainer_memory_mb, settings().max_dataset_bytes))
 
 
 @functools.cache

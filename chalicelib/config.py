@@ -58,6 +58,12 @@ class Settings:
     # uploads that no model names this long after they were uploaded.
     orphan_grace_seconds: float = 3600.0
     upload_retention_seconds: float = 86400.0
+    # The trainer's memory: Lambda sets AWS_LAMBDA_FUNCTION_MEMORY_SIZE in the
+    # function's environment (3008 MB in .chalice/config.json).
+    trainer_memory_mb: int = 3008
+    # Uploads larger than this are refused before they are read (None: derived
+    # from the trainer's memory, see training.MemoryBudget).
+    max_dataset_bytes: int | None = None
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -77,4 +83,7 @@ class Settings:
                                  if origin.strip()),
             orphan_grace_seconds=float(os.environ.get("ORPHAN_GRACE_SECONDS", "3600")),
             upload_retention_seconds=float(os.environ.get("UPLOAD_RETENTION_SECONDS", "86400")),
+            trainer_memory_mb=int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3008")),
+            max_dataset_bytes=(int(os.environ["MAX_DATASET_BYTES"])
+                               if os.environ.get("MAX_DATASET_BYTES") else None),
         )

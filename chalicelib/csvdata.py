@@ -2,6 +2,12 @@
 
 Errors name the row (1-based line of the body) and column and say what was
 expected, so a client can fix its file without guessing.
+
+Training bodies are read in pieces of a few MB from bytes or a stream (S3's
+body), each piece by numpy's C reader when it can take it and by the csv
+module when it cannot: the precise reader then decides, so both accept the
+same files, give the same numbers and the same errors. Memory stays near the
+float64 matrix itself, whatever the body's size.
 """
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import math
 import warnings
 from array import array
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -25,8 +31,8 @@ class CsvError(ValueError):
 
 @dataclass(frozen=True)
 class TrainingData:
-    features: np.ndarray  # (n_rows, n_features) float64
-    labels: list[Label]
+    features: np.ndarray  # (n_rows, n_features) float64, C order
+    codes: np.ndarray     # (n_rows,) each row's class, an index into classes
     classes: list[Label]  # sorted, with the type they had in the CSV
     feature_names: list[str] | None = None  # from a header row, when there is one
 
@@ -37,6 +43,20 @@ class TrainingData:
     @property
     def n_features(self) -> int:
         return self.features.shape[1]
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each row's label, with its CSV type (a new array: for small data)."""
+        return np.asarray(self.classes)[self.codes]
+
+    @classmethod
+    def from_labels(cls, features: np.ndarray, labels: list[Label],
+                    feature_names: list[str] | None = None) -> "TrainingData":
+        classes = sorted(set(labels))
+        index = {label: code for code, label in enumerate(classes)}
+        return cls(np.ascontiguousarray(features, dtype=np.float64),
+                   np.array([index[label] for label in labels], dtype=np.int32), classes,
+                   feature_names)
 
 
 def _rows(body: bytes) -> Iterator[tuple[int, list[str]]]:
@@ -49,6 +69,12 @@ def _rows(body: bytes) -> Iterator[tuple[int, list[str]]]:
         raise CsvError(f"the body is not UTF-8 text (byte {error.start} is invalid)") from None
     if "\x00" in text:
         raise CsvError("the body contains a NUL byte; it is not CSV text")
+    yield from _rows_of(text, 1)
+
+
+def _rows_of(text: str, first_line: int) -> Iterator[tuple[int, list[str]]]:
+    """(line number, fields) for every non-blank record of text, whose first
+    line is the body's line first_line."""
     reader = csv.reader(io.StringIO(text, newline=""), strict=True)
     while True:
         try:
@@ -56,10 +82,20 @@ def _rows(body: bytes) -> Iterator[tuple[int, list[str]]]:
         except StopIteration:
             return
         except csv.Error as error:
-            raise CsvError(f"row {reader.line_num}: {error}") from None
+            raise CsvError(f"row {reader.line_num + first_line - 1}: {error}") from None
         if not fields or all(not field.strip() for field in fields):
             continue
-        yield reader.line_num, fields
+        yield reader.line_num + first_line - 1, fields
+
+
+def _after_line_break(data: bytes, start: int) -> int:
+    """The index just after the first line break at or after start."""
+    for index in range(start, len(data)):
+        if data[index] == 0x0A:
+            return index + 1
+        if data[index] == 0x0D:
+            return index + 2 if data[index + 1:index + 2] == b"\n" else index + 1
+    return len(data)
 
 
 def _show(value: str) -> str:
@@ -87,6 +123,10 @@ _INT64 = range(-(2**63), 2**63)
 # The classes are stored in the model's DynamoDB item (400 KB at most, shared
 # with the embedded serving arrays).
 CLASSES_LIMIT_BYTES = 100_000
+# Beyond this many classes a multinomial model, its metrics and its answers
+# grow with the square of the classes (8,000 classes of 1 row each took the
+# trainer past 3 GB); no logistic regression worth serving needs more.
+MAX_CLASSES = 1_000
 
 
 def _typed_labels(raw: list[str]) -> list[Label]:
@@ -109,49 +149,292 @@ def _typed_labels(raw: list[str]) -> list[Label]:
     return numbers if whole else raw
 
 
-def parse_training(body: bytes, header: bool = False) -> TrainingData:
-    """Rows of features with the label last; with `header`, the first row
-    names the columns (the features' names are kept, the label's is not)."""
-    features: list[list[float]] = []
-    raw_labels: list[str] = []
-    width = None
-    names = None
-    for row, fields in _rows(body):
-        if width is None:
-            width = len(fields)
-            if width < 2:
+class DatasetTooLarge(CsvError):
+    """The data would not fit in the trainer's memory; the message names the size."""
+
+
+# The body is parsed in pieces of about this size, each cut after a whole
+# record: memory stays at the feature matrix plus one piece, whatever the size.
+CHUNK_BYTES = 8 * 2**20
+# A record (a quoted field may hold line breaks) longer than this is refused
+# rather than buffered without bound.
+MAX_RECORD_BYTES = 4 * CHUNK_BYTES
+_BOM = b"\xef\xbb\xbf"
+
+
+def _line_breaks(data: bytes) -> int:
+    # As the csv module counts lines: \n, \r\n and a lone \r each end one.
+    return data.count(b"\n") + data.count(b"\r") - data.count(b"\r\n")
+
+
+def _record_end(buffer: bytes) -> int:
+    """Where the last whole record in buffer ends (after its \\n), or 0. A
+    line break inside quotes is not the end of a record: an even number of
+    quotes comes before a real one (a doubled "" inside quotes counts twice)."""
+    end = buffer.rfind(b"\n")
+    if end < 0 or b'"' not in buffer:
+        return end + 1
+    quotes_before = buffer.count(b'"', 0, end)
+    while end >= 0 and quotes_before % 2:  # one pass back, whatever the quoting
+        previous = buffer.rfind(b"\n", 0, end)
+        quotes_before -= buffer.count(b'"', previous + 1, end)
+        end = previous
+    return end + 1
+
+
+def _pieces(source) -> Iterator[tuple[bytes, int, int]]:
+    """(piece, its first line number, its byte offset) for a body (bytes) or a
+    stream with .read(n) (S3's StreamingBody), each piece whole records."""
+    read = source.read if hasattr(source, "read") else io.BytesIO(source).read
+    pending, line, offset = b"", 1, 0
+    while True:
+        data = read(CHUNK_BYTES)
+        if not data:
+            break
+        buffer = pending + data if pending else data
+        end = _record_end(buffer)
+        if end == 0:
+            if len(buffer) > MAX_RECORD_BYTES:
+                raise CsvError(f"row {line}: one record runs on for more than "
+                               f"{MAX_RECORD_BYTES // 2**20} MB (a quote that is never closed?)")
+            pending = buffer
+            continue
+        piece, pending = buffer[:end], buffer[end:]
+        yield piece, line, offset
+        line, offset = line + _line_breaks(piece), offset + len(piece)
+    if pending:
+        yield pending, line, offset
+
+
+def _label_hashes(words: np.ndarray) -> np.ndarray:
+    """One uint64 per label from its bytes seen as uint64 words (a collision is
+    caught by comparing the labels themselves)."""
+    key = np.zeros(words.shape[0], np.uint64)
+    with np.errstate(over="ignore"):
+        for column in range(words.shape[1]):
+            key = key * np.uint64(0x9E3779B97F4A7C15) + words[:, column]
+            key ^= key >> np.uint64(29)
+    return key
+
+
+def _distinct(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct byte strings of a fixed-width 'S' array and each row's
+    index into them; hashing first is about 30x faster than sorting strings."""
+    words = labels.view(np.uint64).reshape(len(labels), -1)
+    _, first, inverse = np.unique(_label_hashes(words), return_index=True,
+                                  return_inverse=True)
+    distinct = labels[first]
+    if not np.array_equal(distinct[inverse], labels):  # a hash collision: sort instead
+        distinct, inverse = np.unique(labels, return_inverse=True)
+    return distinct, inverse
+
+
+class _TrainingBuilder:
+    """Collects the pieces of one training body: the matrix, grown in place,
+    and each row's class as a small integer (a list of a million label strings
+    takes more memory than their numbers)."""
+
+    def __init__(self, header: bool, size_hint: int | None,
+                 max_rows: Callable[[int], int] | None):
+        self._header = header
+        self._size_hint = size_hint
+        self._max_rows_for = max_rows
+        self._max_rows: int | None = None
+        self._width: int | None = None
+        self._names: list[str] | None = None
+        self._matrix: np.ndarray | None = None
+        self._raw_codes: np.ndarray | None = None
+        self._rows = 0
+        self._bytes_seen = 0
+        self._raw_labels: dict[str, int] = {}  # stripped label text -> its code
+
+    def add(self, piece: bytes, line: int, offset: int) -> None:
+        self._bytes_seen = offset + len(piece)
+        if offset == 0 and piece.startswith(_BOM):
+            piece, offset = piece[len(_BOM):], -len(_BOM)  # offsets count after the BOM
+        if not piece.isascii():
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CsvError(f"the body is not UTF-8 text (byte {offset + error.start} "
+                               "is invalid)") from None
+        if b"\x00" in piece:
+            raise CsvError("the body contains a NUL byte; it is not CSV text")
+        skip = 0
+        if self._width is None:
+            skip = self._first_record(piece, line)
+            if skip is None:
+                return  # only blank lines so far
+        fast = None if b'"' in piece else self._fast(piece[skip:] if skip else piece)
+        if fast is None:
+            features, labels = self._precise(piece, line, skip_header=skip > 0)
+            codes = np.array([self._code(label) for label in labels], dtype=np.int32)
+        else:
+            features, texts, inverse = fast
+            codes = np.array([self._code(text) for text in texts], dtype=np.int32)[inverse]
+        self._append(features, codes)
+        if len(self._raw_labels) > MAX_CLASSES:
+            self._check_classes()
+
+    def _first_record(self, piece: bytes, line: int) -> int | None:
+        """Reads the first record, which sets the width and, with a header,
+        names the features. Returns where the rows after it start (0 when it
+        is data), or None if the piece is blank."""
+        for row, fields in _rows_of(piece.decode("utf-8"), line):
+            self._width = len(fields)
+            if self._width < 2:
                 raise CsvError(
-                    f"row {row} has 1 value; expected at least one feature and the label"
-                )
-            if header:
-                names = _feature_names(fields[:-1], row)
+                    f"row {row} has 1 value; expected at least one feature and the label")
+            if not self._header:
+                return 0
+            self._names = _feature_names(fields[:-1], row)
+            end = 0
+            for _ in range(row - line + 1):  # the lines up to the header's last
+                end = _after_line_break(piece, end)
+            return end
+        return None
+
+    def _code(self, label: str) -> int:
+        return self._raw_labels.setdefault(label, len(self._raw_labels))
+
+    def _fast(self, data: bytes) -> tuple[np.ndarray, list[str], np.ndarray] | None:
+        """numpy's C reader on a piece without quotes: the features, the
+        distinct labels and each row's index into them. None when it cannot
+        take every row as it is: the precise reader then decides."""
+        label_bytes = 32
+        while True:
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "input contained no data"
+                    # latin-1 hands every byte through: labels keep their
+                    # UTF-8 bytes, and numbers are ASCII anyway.
+                    table = np.loadtxt(io.BytesIO(data), delimiter=",", comments=None,
+                                       encoding="latin-1", ndmin=1, dtype=np.dtype(
+                                           [("x", np.float64, (self._width - 1,)),
+                                            ("y", f"S{label_bytes}")]))
+            except ValueError:
+                return None
+            labels = np.ascontiguousarray(table["y"])
+            # A label that fills its field may have been cut: read again, wider.
+            if len(labels) and labels.view(np.uint8).reshape(len(labels), -1)[:, -1].any():
+                if label_bytes >= len(data):
+                    return None
+                label_bytes *= 8
                 continue
-        elif len(fields) != width:
-            raise CsvError(f"row {row} has {len(fields)} values, expected {width}")
-        features.append([_number(v, row, col, _TRAINING_HEADER_HINT)
-                         for col, v in enumerate(fields[:-1], start=1)])
-        label = fields[-1].strip()
-        if not label:
-            raise CsvError(f"row {row}, column {width}: the label is missing")
-        raw_labels.append(label)
-    if width is None:
-        raise CsvError("the body is empty")
-    if not raw_labels:
-        raise CsvError("the body has a header row but no data rows")
-    labels = _typed_labels(raw_labels)
-    classes = sorted(set(labels))
-    classes_size = len(json.dumps(classes))
-    if classes_size > CLASSES_LIMIT_BYTES:
-        raise CsvError(f"the {len(classes)} class labels take {classes_size:,} bytes as JSON; "
-                       f"at most {CLASSES_LIMIT_BYTES:,} fit with the model's status")
-    if len(classes) < 2:
-        raise CsvError(
-            f"all {len(labels)} rows have the label {classes[0]!r}; "
-            "training needs at least 2 classes"
-        )
-    matrix = np.array(features, dtype=np.float64)
-    _check_scalable(matrix)
-    return TrainingData(matrix, labels, classes, names)
+            break
+        features = table["x"]
+        if not np.isfinite(features).all():
+            return None
+        if not len(labels):
+            return features, [], np.zeros(0, np.intp)
+        distinct, inverse = _distinct(labels)
+        texts = [label.decode("utf-8").strip() for label in distinct.tolist()]
+        if not all(texts):
+            return None  # a missing label: the precise reader names its row
+        return features, texts, inverse
+
+    def _precise(self, piece: bytes, line: int, skip_header: bool
+                 ) -> tuple[np.ndarray, list[str]]:
+        """The csv module's reading of a piece: an error names its row and column."""
+        features: list[list[float]] = []
+        labels: list[str] = []
+        width = self._width
+        records = _rows_of(piece.decode("utf-8"), line)
+        if skip_header:
+            next(records)
+        for row, fields in records:
+            if len(fields) != width:
+                raise CsvError(f"row {row} has {len(fields)} values, expected {width}")
+            features.append([_number(v, row, col, _TRAINING_HEADER_HINT)
+                             for col, v in enumerate(fields[:-1], start=1)])
+            label = fields[-1].strip()
+            if not label:
+                raise CsvError(f"row {row}, column {width}: the label is missing")
+            labels.append(label)
+        return np.array(features, dtype=np.float64).reshape(-1, width - 1), labels
+
+    def _append(self, features: np.ndarray, codes: np.ndarray) -> None:
+        count, width = features.shape
+        if count == 0:
+            return
+        needed = self._rows + count
+        if self._max_rows_for is not None and self._max_rows is None:
+            self._max_rows = self._max_rows_for(self._width)
+        if self._max_rows is not None and needed > self._max_rows:
+            raise DatasetTooLarge(
+                f"the data has more than {self._max_rows:,} rows of {width} features "
+                f"({self._bytes_seen / 1e6:,.1f} MB of CSV read so far), more than the "
+                "trainer's memory can train")
+        if self._matrix is None or needed > len(self._matrix):
+            self._grow(needed, width)
+        self._matrix[self._rows:needed] = features
+        self._raw_codes[self._rows:needed] = codes
+        self._rows = needed
+
+    def _grow(self, needed: int, width: int) -> None:
+        """Room for the rows still to come, estimated from the body's size.
+        Growing goes through realloc, which moves the pages rather than
+        copying the rows, so old and new arrays never exist side by side."""
+        capacity = int(needed * 1.5) + 1024
+        if self._size_hint and self._bytes_seen:
+            capacity = max(needed, int(needed * self._size_hint / self._bytes_seen * 1.02) + 1024)
+        if self._max_rows is not None:
+            capacity = max(needed, min(capacity, self._max_rows))
+        if self._matrix is None:
+            self._matrix = np.empty((capacity, width), np.float64)
+            self._raw_codes = np.empty(capacity, np.int32)
+        else:
+            self._matrix.resize((capacity, width), refcheck=False)
+            self._raw_codes.resize(capacity, refcheck=False)
+
+    def _check_classes(self) -> list[Label]:
+        typed = _typed_labels(list(self._raw_labels))
+        if len(set(typed)) > MAX_CLASSES:
+            # Said as soon as a piece passes the limit, before reading on.
+            raise CsvError(f"the labels name more than {MAX_CLASSES:,} classes; a model can "
+                           f"have at most {MAX_CLASSES:,}")
+        return typed
+
+    def finish(self) -> TrainingData:
+        if self._width is None:
+            raise CsvError("the body is empty")
+        if self._rows == 0:
+            raise CsvError("the body has a header row but no data rows")
+        self._matrix.resize((self._rows, self._width - 1), refcheck=False)
+        self._raw_codes.resize(self._rows, refcheck=False)
+        typed = self._check_classes()
+        classes = sorted(set(typed))
+        classes_size = len(json.dumps(classes))
+        if classes_size > CLASSES_LIMIT_BYTES:
+            raise CsvError(f"the {len(classes)} class labels take {classes_size:,} bytes as JSON; "
+                           f"at most {CLASSES_LIMIT_BYTES:,} fit with the model's status")
+        if len(classes) < 2:
+            raise CsvError(
+                f"all {self._rows} rows have the label {classes[0]!r}; "
+                "training needs at least 2 classes")
+        # Raw labels that mean the same class ("1" and "01") become one code.
+        index = {label: code for code, label in enumerate(classes)}
+        to_class = np.array([index[label] for label in typed], dtype=np.int32)
+        codes = self._raw_codes
+        np.take(to_class, codes, out=codes)
+        _check_scalable(self._matrix)
+        return TrainingData(self._matrix, codes, classes, self._names)
+
+
+def parse_training(source, header: bool = False, *, size: int | None = None,
+                   max_rows: Callable[[int], int] | None = None) -> TrainingData:
+    """Rows of features with the label last; with `header`, the first row
+    names the columns (the features' names are kept, the label's is not).
+
+    `source` is the body (bytes) or a stream with .read(n), whose `size` in
+    bytes helps size the matrix. `max_rows(columns)` bounds the rows: reading
+    stops with DatasetTooLarge past it, before memory runs out."""
+    if isinstance(source, (bytes, bytearray)):
+        size = len(source)
+    builder = _TrainingBuilder(header, size, max_rows)
+    for piece, line, offset in _pieces(source):
+        builder.add(piece, line, offset)
+    return builder.finish()
 
 
 def _feature_names(fields: list[str], row: int) -> list[str]:
@@ -166,10 +449,29 @@ def _feature_names(fields: list[str], row: int) -> list[str]:
     return names
 
 
+# Rows at a time when a whole-matrix pass would need a temporary as large as
+# the matrix.
+BLOCK_ROWS = 65_536
+
+
+def column_variance(features: np.ndarray) -> np.ndarray:
+    """np.var(features, axis=0) (the same two passes: the mean, then the mean
+    squared deviation), a block of rows at a time."""
+    n, width = features.shape
+    total, squares = np.zeros(width), np.zeros(width)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for start in range(0, n, BLOCK_ROWS):
+            total += features[start:start + BLOCK_ROWS].sum(axis=0)
+        mean = total / n
+        for start in range(0, n, BLOCK_ROWS):
+            deviation = features[start:start + BLOCK_ROWS] - mean
+            squares += np.einsum("ij,ij->j", deviation, deviation)
+    return squares / n
+
+
 def _check_scalable(features: np.ndarray) -> None:
     """Standard scaling squares the values; finite inputs can still overflow."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        variance = features.var(axis=0)
+    variance = column_variance(features)
     for column in np.flatnonzero(~np.isfinite(variance)):
         raise CsvError(
             f"column {column + 1}: the values are too large to scale (their variance "

@@ -168,6 +168,10 @@ _SCHEMAS: dict[str, dict] = {
                        "description": "SHA-256 (hex) of the pickle's bytes: check the "
                                       "download against it before unpickling."},
             "classes": {"type": "array", "items": _schema("Label")},
+            "metrics_url": {"type": "string", "format": "uri",
+                            "description": "A presigned S3 URL to the whole metrics (JSON), "
+                                           "present when their per-class figures were too "
+                                           "large for the status answer."},
         },
     },
     "Upload": {

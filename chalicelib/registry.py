@@ -304,29 +304,34 @@ class ModelRegistry:
                     condition_values: dict | None = None, **values) -> bool:
         """Moves the item to `new` if `condition` holds (names in it are
         written #name, values :name); False if it does not."""
+        try:
+            self._update(model_id, condition, new, condition_values, values)
+        except ClientError as error:
+            if _conditional_failed(error):
+                return False
+            raise
+        return True
+
+    def _update(self, model_id: str, condition: str, new: Status, condition_values: dict | None,
+                values: dict, **call) -> dict:
         values["status"] = str(new)
         values["updated_at"] = now_iso()
         bound = {f":{k}": _to_attribute(v) for k, v in values.items()}
         bound.update({f":{k}": _to_attribute(v) for k, v in (condition_values or {}).items()})
         names = {f"#{k}": k for k in values}
         names.update({"#status": "status"})
-        for name in ("lease_owner", "lease_expires", "expires_at"):
+        for name in ("lease_owner", "lease_expires", "attempts", "expires_at"):
             if f"#{name}" in condition:
                 names[f"#{name}"] = name
-        try:
-            self._client.update_item(
-                TableName=self._table,
-                Key={"model_id": {"S": model_id}},
-                UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
-                ConditionExpression=condition,
-                ExpressionAttributeNames=names,
-                ExpressionAttributeValues=bound,
-            )
-        except ClientError as error:
-            if _conditional_failed(error):
-                return False
-            raise
-        return True
+        return self._client.update_item(
+            TableName=self._table,
+            Key={"model_id": {"S": model_id}},
+            UpdateExpression="SET " + ", ".join(f"#{k} = :{k}" for k in values),
+            ConditionExpression=condition,
+            ExpressionAttributeNames=names,
+            ExpressionAttributeValues=bound,
+            **call,
+        )
 
     # Conditions, with the values they need.
     _WAITING = "#status IN (:submitting, :queued)"
@@ -339,15 +344,39 @@ class ModelRegistry:
 
     def start_training(self, model_id: str, owner: str, lease_seconds: float,
                        receive_count: int = 1) -> bool:
+        return self.try_start_training(model_id, owner, lease_seconds, receive_count)[0]
+
+    # A trainer that died on the last allowed delivery leaves the model failed
+    # (see _record): a later delivery must not take it over.
+    _EXPIRED_LEASE_TO_RETRY = (f"({_EXPIRED_LEASE[1:-1]} AND #attempts < :max_receives)")
+    _NOT_EXPIRED = "(attribute_not_exists(#expires_at) OR #expires_at > :now)"
+
+    def try_start_training(self, model_id: str, owner: str, lease_seconds: float,
+                           receive_count: int = 1) -> tuple[bool, ModelRecord | None]:
         """Takes the training lease: the model is waiting, or its last trainer's
-        lease has run out (it crashed). Two deliveries at once: one wins."""
+        lease has run out (it crashed). Two deliveries at once: one wins.
+
+        One conditional write, no read first: (True, the record as it now
+        is), or (False, the record as it was: None if there is none or it has
+        expired)."""
         now = time.time()
-        return self._transition(
-            model_id, f"{self._WAITING} OR {self._EXPIRED_LEASE}", Status.TRAINING,
-            {"submitting": str(Status.SUBMITTING), "queued": str(Status.QUEUED),
-             "training": str(Status.TRAINING), "now": round(now, 3)},
-            lease_owner=owner, lease_expires=round(now + lease_seconds, 3),
-            attempts=receive_count)
+        try:
+            answer = self._update(
+                model_id,
+                f"({self._WAITING} OR {self._EXPIRED_LEASE_TO_RETRY}) AND {self._NOT_EXPIRED}",
+                Status.TRAINING,
+                {"submitting": str(Status.SUBMITTING), "queued": str(Status.QUEUED),
+                 "training": str(Status.TRAINING), "now": round(now, 3),
+                 "max_receives": self._max_receives},
+                {"lease_owner": owner, "lease_expires": round(now + lease_seconds, 3),
+                 "attempts": receive_count},
+                ReturnValues="ALL_NEW", ReturnValuesOnConditionCheckFailure="ALL_OLD")
+        except ClientError as error:
+            if not _conditional_failed(error):
+                raise
+            item = error.response.get("Item")
+            return False, None if item is None else self._record(item, now)
+        return True, self._record(answer["Attributes"], now)
 
     def _held_by(self, owner: str) -> dict:
         return {"training": str(Status.TRAINING), "owner": owner}

@@ -19,7 +19,8 @@ from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
                                  Status, now_iso)
 from chalicelib.serving import ArtifactMissing, Predictor
-from chalicelib.storage import PIPELINE_ARTIFACT, ArtifactStore, dataset_key, upload_key
+from chalicelib.storage import (METRICS_ARTIFACT, PIPELINE_ARTIFACT, ArtifactStore,
+                                dataset_key, upload_key)
 from chalicelib.training import TrainingOptions
 
 
@@ -171,7 +172,7 @@ class ModelService:
                   or self._store.artifact_sha256(model_id, PIPELINE_ARTIFACT))
         if sha256 is None:
             raise ArtifactMissing(model_id, PIPELINE_ARTIFACT)
-        return {
+        answer = {
             "model_id": model_id,
             "url": self._store.artifact_url(model_id, PIPELINE_ARTIFACT, expires_in),
             "expires_in": expires_in,
@@ -180,6 +181,10 @@ class ModelService:
             "sha256": sha256,
             "classes": record.classes,
         }
+        if record.metrics is not None and "per_class_metrics" in record.metrics:
+            # Too large for the status item: the whole metrics are in S3.
+            answer["metrics_url"] = self._store.artifact_url(model_id, METRICS_ARTIFACT, expires_in)
+        return answer
 
     def _ready_record(self, model_id: str) -> ModelRecord:
         record = self.record(model_id)

@@ -13,6 +13,8 @@ from chalicelib.security import SIGNATURE_METADATA, ArtifactSigner
 PIPELINE_ARTIFACT = "model.pkl"
 # The arrays the numpy-only predict path needs (numpy .npz, no pickle).
 SERVING_ARTIFACT = "serving.npz"
+# The full metrics, when their per-class figures are too large for the status item.
+METRICS_ARTIFACT = "metrics.json"
 
 
 DATASETS_PREFIX = "datasets/"
@@ -40,6 +42,11 @@ def _tagging(value: str) -> str:
     """S3's XML form of the one tag, as a POST form's tagging field takes it."""
     return (f"<Tagging><TagSet><Tag><Key>{UPLOAD_STATE_TAG}</Key><Value>{value}</Value>"
             "</Tag></TagSet></Tagging>")
+def upload_id_of(key: str) -> str | None:
+    """The upload id an uploads/ key was made from (None for other keys)."""
+    if not (key.startswith(UPLOADS_PREFIX) and key.endswith(".csv")):
+        return None
+    return key[len(UPLOADS_PREFIX):-len(".csv")]
 
 
 def artifact_key(model_id: str, name: str) -> str:
@@ -67,8 +74,11 @@ class ArtifactStore:
         self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="text/csv")
         return key
 
-    def get_dataset(self, key: str) -> bytes:
-        return self._s3.get_object(Bucket=self._bucket, Key=key)["Body"].read()
+    def open_dataset(self, key: str):
+        """(a stream of the dataset's bytes, its size): nothing is read yet, so
+        a caller can refuse a size before reading it. Close the stream."""
+        response = self._s3.get_object(Bucket=self._bucket, Key=key)
+        return response["Body"], response["ContentLength"]
 
     def delete_dataset(self, key: str) -> None:
         self.delete(key)
@@ -121,7 +131,7 @@ class ArtifactStore:
         return self._signer.verify(artifact_key(model_id, name), blob, signature)
 
     def delete_artifacts(self, model_id: str) -> None:
-        for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT):
+        for name in (PIPELINE_ARTIFACT, SERVING_ARTIFACT, METRICS_ARTIFACT):
             self.delete(artifact_key(model_id, name))
 
     def artifact_url(self, model_id: str, name: str, expires_in: int) -> str:

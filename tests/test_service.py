@@ -169,54 +169,32 @@ def test_an_expired_or_released_lease_can_be_taken_over(aws):
     assert registry.start_training("m", "third", lease_seconds=60)
 
 
-@pytest.mark.parametrize("second_runs", ["after the first read the status",
-                                         "after the first took the lease"])
-def test_two_deliveries_at_once_train_once(aws, monkeypatch, second_runs):
-    """Both trainers pass the first status read; the conditional lease decides.
-    The second delivery runs whole inside the first, at either point: sequential
-    interleavings, since moto's in-process mocks do not serialize conditional
-    writes between threads as DynamoDB does (two threads could both win)."""
+def test_a_second_delivery_during_training_trains_nothing(aws, monkeypatch):
+    """SQS delivers the message again while the first delivery trains: the
+    conditional lease (one write, no read before it) turns the second away.
+    Deterministic: the duplicate is delivered from inside the first training."""
     from chalicelib import training
     from chalicelib.training import TrainingInProgress
 
     submission = components.service().submit(IRIS)
     [message] = queue_messages(aws, components.settings().queue)
     training_message = TrainingMessage.from_json(message["Body"])
-    registry = components.registry()
-    fits, outcomes = [], []
-    real_get, real_start, real_fit = registry.get, registry.start_training, training.fit_pipeline
+    fits, duplicates = [], []
+    real_train = training.train_and_evaluate
 
-    def second_delivery():
-        try:
-            outcomes.append(components.trainer().handle(training_message))
-        except TrainingInProgress:
-            outcomes.append("deferred")
-
-    def get(model_id, **kwargs):
-        record = real_get(model_id, **kwargs)
-        if second_runs.startswith("after the first read") and not outcomes and not fits:
-            outcomes.append(None)  # only once, for the first delivery's read
-            second_delivery()
-        return record
-
-    def start_training(*args, **kwargs):
-        taken = real_start(*args, **kwargs)
-        if second_runs.endswith("the lease") and taken and not outcomes:
-            outcomes.append(None)
-            second_delivery()
-        return taken
-
-    def counting_fit(*args, **kwargs):
+    def train_while_redelivered(*args, **kwargs):
         fits.append(1)
-        return real_fit(*args, **kwargs)
+        try:
+            duplicates.append(components.trainer().handle(training_message, receive_count=2))
+        except TrainingInProgress:
+            duplicates.append("deferred")
+        return real_train(*args, **kwargs)
 
-    monkeypatch.setattr(registry, "get", get)
-    monkeypatch.setattr(registry, "start_training", start_training)
-    monkeypatch.setattr(training, "fit_pipeline", counting_fit)
-    outcomes.append(components.trainer().handle(training_message))
-    outcomes = [outcome for outcome in outcomes if outcome is not None]
-    expected = (["already done", "ready"] if second_runs.startswith("after the first read")
-                else ["deferred", "ready"])
-    assert sorted(outcomes) == expected
-    assert len(fits) == 1
-    assert real_get(submission.model_id).status == Status.READY
+    monkeypatch.setattr(training, "train_and_evaluate", train_while_redelivered)
+    assert components.trainer().handle(training_message) == "ready"
+    assert duplicates == ["deferred"] and len(fits) == 1
+    # Once ready, another delivery changes nothing.
+    before = components.registry().get(submission.model_id)
+    assert components.trainer().handle(training_message, receive_count=3) == "already done"
+    assert components.registry().get(submission.model_id) == before
+    assert len(fits) == 1 and before.status == Status.READY

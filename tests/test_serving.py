@@ -33,7 +33,7 @@ def _datasets():
 
 @pytest.mark.parametrize("name, x, y", list(_datasets()), ids=lambda v: v if isinstance(v, str) else "")
 def test_numpy_predictions_equal_the_pipeline(name, x, y):
-    data = csvdata.TrainingData(x.astype(np.float64), list(y.tolist()), sorted(set(y.tolist())))
+    data = csvdata.TrainingData.from_labels(x.astype(np.float64), y.tolist())
     pipeline = fit_pipeline(data)
     model = ServingModel.from_bytes(ServingModel.from_pipeline(pipeline).to_bytes())
     rng = np.random.default_rng(0)

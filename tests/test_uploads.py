@@ -113,7 +113,7 @@ def test_the_size_limit_is_a_setting(aws, monkeypatch):
 
 @pytest.mark.parametrize("body, message", [
     (b"1,2,a\n1,2,a\n", "all 2 rows have the label 'a'; training needs at least 2 classes"),
-    (None, "nothing was uploaded to uploads/"),
+    (None, "the upload {upload_id} was never sent or has expired: send the CSV"),
 ])
 def test_a_bad_or_missing_upload_ends_in_training_failed_with_the_reason(client, aws, body,
                                                                         message):
@@ -126,7 +126,10 @@ def test_a_bad_or_missing_upload_ends_in_training_failed_with_the_reason(client,
                                 ).json_body["model_id"]
     assert _train_queued(aws) == ["failed"]
     status = client.http.post(f"/check_model_status/{model_id}").json_body
-    assert status["status"] == "Training Failed" and status["error"].startswith(message)
+    assert status["status"] == "Training Failed"
+    assert status["error"].startswith(message.format(upload_id=upload_id))
+    # Whoever can list models sees the error: it names no S3 key.
+    assert upload_key(upload_id) not in status["error"] and "uploads/" not in status["error"]
 
 
 @pytest.mark.parametrize("body, status, text", [
