@@ -239,9 +239,12 @@ class ModelRegistry:
         if (status == Status.TRAINING and item.get("attempts", 0) >= self._max_receives
                 and item.get("lease_expires", 0) < time.time()):
             status = Status.FAILED
-            error = (f"training did not finish in {item['attempts']} deliveries (the trainer "
-                     "was killed, ran out of memory or timed out); the training message is "
-                     "in the dead-letter queue")
+            if item.get("lost_attempt") == item["attempts"]:
+                why = f": on the last one the trainer {item['lost_reason']}"
+            else:
+                why = " (the trainer was killed, ran out of memory or timed out)"
+            error = (f"training did not finish in {item['attempts']} deliveries{why}; the "
+                     "training message is in the dead-letter queue")
         return ModelRecord(
             model_id=item["model_id"],
             task_id=item["task_id"],
@@ -377,6 +380,28 @@ class ModelRegistry:
             item = error.response.get("Item")
             return False, None if item is None else self._record(item, now)
         return True, self._record(answer["Attributes"], now)
+
+    def record_lost_attempt(self, model_id: str, attempt: int, reason: str) -> bool:
+        """Notes why training attempt `attempt` (its receive count) ended without
+        a word from the trainer, and ends its lease so the next delivery need not
+        wait for it. `reason` completes "the trainer ...", e.g. "ran out of its
+        3008 MB of memory". Once the last attempt is lost, the model reads as
+        failed with this reason. Lambda only logs such deaths, so in AWS nothing
+        calls this and such a model fails with the generic reason; whoever sees
+        the trainer die (the local SQS runner) calls it.
+
+        An attempt that died before the trainer took the lease (the model still
+        queued, or left by an earlier attempt with its lease run out) counts
+        too, or a model whose every attempt died that early would say
+        "training" for ever. False when the model is not in that attempt any
+        more (finished, or taken over by a later one)."""
+        return self._transition(
+            model_id, "#status = :queued OR (#status = :training AND (#attempts = :attempt OR "
+                      "(#attempts < :attempt AND #lease_expires < :now)))",
+            Status.TRAINING,
+            {"training": str(Status.TRAINING), "queued": str(Status.QUEUED), "attempt": attempt,
+             "now": round(time.time(), 3)},
+            attempts=attempt, lease_expires=0, lost_attempt=attempt, lost_reason=reason)
 
     def _held_by(self, owner: str) -> dict:
         return {"training": str(Status.TRAINING), "owner": owner}

@@ -2,8 +2,10 @@
 
 Starts moto's server on 127.0.0.1:4566 (or uses whatever AWS emulator already
 answers there, e.g. LocalStack), creates the bucket, table and queues, then
-runs the API server and the SQS event-source runner. Ctrl-C stops everything
-this started.
+runs the API server and the SQS event-source runner. A process that dies is
+started again and the log says so (devstack.supervisor); an emulator that
+comes back empty gets its resources again. Ctrl-C stops everything this
+started.
 """
 from __future__ import annotations
 
@@ -21,7 +23,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from chalicelib import aws
 from chalicelib.config import Settings
 from devstack import bootstrap, emulator, stage
-from devstack.ports import answers, stop_process
+from devstack.ports import answers
+from devstack.supervisor import Child, StackFailed, Supervisor, say
 
 HOST = "127.0.0.1"
 RESOURCE_CHECK_SECONDS = 2
@@ -38,32 +41,54 @@ def _wait_for_port(port: int, process: subprocess.Popen, what: str, timeout: flo
     raise SystemExit(f"{what} did not answer on {HOST}:{port} within {timeout:.0f} s")
 
 
-def _recreate_lost_resources(s3, session, settings: Settings, visibility_timeout: int,
-                             upload_origins: list[str]) -> None:
-    """An emulator that restarted comes back empty (its state lives in memory):
-    create the resources again so the API works without a restart."""
-    try:
-        s3.head_bucket(Bucket=settings.bucket)
-    except ClientError as error:
-        if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
-            return
+class EmulatorWatch:
+    """Says when the emulator stops answering and when it is back, and creates
+    the resources again when it comes back empty (its state lives in memory),
+    so the API works again without a restart."""
+
+    def __init__(self, session, settings: Settings, visibility_timeout: int, endpoint: str,
+                 upload_origins: list[str]):
+        self._session = session
+        self._settings = settings
+        self._visibility_timeout = visibility_timeout
+        self._endpoint = endpoint
+        self._upload_origins = upload_origins
+        self._s3 = session.client("s3", config=aws.CLIENT_CONFIG)
+        self.down = False
+
+    def check(self) -> None:
         try:
-            bootstrap.bootstrap(session, settings, visibility_timeout,
-                                upload_origins=upload_origins)
-        except (BotoCoreError, ClientError) as failure:  # down again: try at the next check
-            print(f"Recreating the resources failed ({failure}); trying again.",
-                  file=sys.stderr, flush=True)
+            self._s3.head_bucket(Bucket=self._settings.bucket)
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("404", "NoSuchBucket"):
+                return
+            self._back()
+            if self.recreate():
+                say("The emulator lost its state (restarted?): bucket, table and queues "
+                    "created again; earlier models are gone.")
             return
-        print("The emulator lost its state (restarted?): bucket, table and queues created "
-              "again; earlier models are gone.", file=sys.stderr, flush=True)
-    except BotoCoreError:
-        pass  # down: the API answers 503 until it is back
+        except BotoCoreError:
+            if not self.down:
+                say(f"The emulator at {self._endpoint} does not answer: the API answers 503 "
+                    "with Retry-After until it is back.")
+                self.down = True
+            return
+        self._back()
 
+    def _back(self) -> None:
+        if self.down:
+            say(f"The emulator at {self._endpoint} answers again.")
+            self.down = False
 
-def _stop(processes: list[subprocess.Popen]) -> None:
-    """Stops in reverse start order: the API and runner before the emulator."""
-    for process in reversed(processes):
-        stop_process(process)
+    def recreate(self) -> bool:
+        """Creates the bucket, table and queues; False (said) if that failed."""
+        try:
+            bootstrap.bootstrap(self._session, self._settings, self._visibility_timeout,
+                                upload_origins=self._upload_origins)
+        except (BotoCoreError, ClientError) as failure:  # down again: try at the next check
+            say(f"Recreating the resources failed ({failure}); trying again.")
+            return False
+        return True
 
 
 def main() -> None:
@@ -87,12 +112,18 @@ def main() -> None:
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     endpoint = f"http://{HOST}:{args.emulator_port}"
-    processes: list[subprocess.Popen] = []
+    supervisor = Supervisor()
+    watch: EmulatorWatch | None = None
     stopping = False
 
     def on_signal(signum, frame):
         nonlocal stopping
         stopping = True
+
+    def emulator_back() -> None:
+        if watch is not None and watch.recreate():
+            say(f"The emulator is back on {endpoint}, empty: bucket, table and queues "
+                "created again.")
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
@@ -102,7 +133,12 @@ def main() -> None:
                   flush=True)
         else:
             moto_log = log_dir / "moto.log"
-            processes.append(emulator.start_moto(HOST, args.emulator_port, str(moto_log)))
+            supervisor.start(Child(
+                "The emulator (moto server)",
+                lambda: emulator.start_moto(HOST, args.emulator_port, str(moto_log)),
+                consequence="Its state lived in memory: every model is gone. Starting it "
+                            "again; meanwhile the API answers 503 with Retry-After.",
+                after_restart=emulator_back))
             print(f"Emulator: {endpoint} (moto server started here; state in memory, "
                   f"log {moto_log})", flush=True)
         stage.apply(args.stage, endpoint)
@@ -115,42 +151,48 @@ def main() -> None:
         origins = list(settings.upload_origins) or [f"http://{HOST}:{args.port}",
                                                     f"http://localhost:{args.port}"]
         bootstrap.bootstrap(session, settings, args.visibility_timeout, upload_origins=origins)
+        watch = EmulatorWatch(session, settings, args.visibility_timeout, endpoint, origins)
         print(f"Resources: bucket {settings.bucket}, table {settings.table}, "
               f"queue {settings.queue} (dead letters: {settings.dead_letter_queue})", flush=True)
 
         python = [sys.executable, "-m"]
         common = ["--stage", args.stage]
-        # Own process groups: Ctrl-C reaches only this process, which then stops
-        # the children in order (API and runner first, the emulator last).
-        processes.append(subprocess.Popen(
-            python + ["devstack.sqs_runner", *common, "--workers", str(args.workers)],
-            cwd=stage.PROJECT_DIR, process_group=0))
-        # EventBridge's schedules (the sweep of expired models); SCHEDULE_INTERVAL_SECONDS
-        # shortens them.
-        processes.append(subprocess.Popen(python + ["devstack.scheduler", *common],
-                                          cwd=stage.PROJECT_DIR, process_group=0))
-        api = subprocess.Popen(python + ["devstack.server", *common, "--port", str(args.port)],
-                               cwd=stage.PROJECT_DIR, process_group=0)
-        processes.append(api)
-        _wait_for_port(args.port, api, "the API server")
+
+        def child(*command: str) -> subprocess.Popen:
+            # Own process groups: Ctrl-C reaches only this process, which then
+            # stops the children in order (API and runner first, the emulator last).
+            return subprocess.Popen(python + [*command, *common], cwd=stage.PROJECT_DIR,
+                                    process_group=0)
+
+        supervisor.start(Child(
+            "The trainer (devstack.sqs_runner)",
+            lambda: child("devstack.sqs_runner", "--workers", str(args.workers)),
+            consequence="A training it was running comes back after the queue's visibility "
+                        f"timeout ({args.visibility_timeout} s)."))
+        # EventBridge's schedules (the sweep of expired models);
+        # SCHEDULE_INTERVAL_SECONDS shortens them.
+        supervisor.start(Child(
+            "The scheduler (devstack.scheduler)", lambda: child("devstack.scheduler"),
+            consequence="A sweep it was running is finished by the next one."))
+        api = supervisor.start(Child(
+            "The API server (devstack.server)",
+            lambda: child("devstack.server", "--port", str(args.port))))
+        _wait_for_port(args.port, api.process, "the API server")
         print(f"Dashboard: http://{HOST}:{args.port}/", flush=True)
         print(f"Ready. Try: curl -X POST -H 'Content-Type: text/csv' --data-binary @iris.csv "
               f"http://{HOST}:{args.port}/models   (Ctrl-C stops everything)", flush=True)
-        s3 = session.client("s3", config=aws.CLIENT_CONFIG)
         next_check = time.monotonic() + RESOURCE_CHECK_SECONDS
         while not stopping:
-            for process in processes:
-                if process.poll() is not None:
-                    print(f"{process.args[2:4]} exited with code {process.returncode}; "
-                          "stopping", file=sys.stderr, flush=True)
-                    stopping = True
-            if not stopping and time.monotonic() > next_check:
-                _recreate_lost_resources(s3, session, settings, args.visibility_timeout,
-                                         origins)
+            supervisor.check()
+            if time.monotonic() > next_check:
+                watch.check()
                 next_check = time.monotonic() + RESOURCE_CHECK_SECONDS
             time.sleep(0.2)
+    except StackFailed as failure:
+        say(str(failure))
+        raise SystemExit(1) from None
     finally:
-        _stop(processes)
+        supervisor.stop()
         print("stopped", flush=True)
 
 

@@ -1,12 +1,26 @@
 """The SQS event-source runner: what AWS's event source mapping does for the
 trainer Lambda, done locally (`chalice local` does not run SQS handlers).
 
-It long-polls the training queue, builds the event AWS would send, invokes the
-real Chalice handler, deletes the message on success and leaves it for
-redelivery (after the visibility timeout) on failure. SQS's redrive policy
-moves a message that keeps failing to the dead-letter queue.
+It long-polls the training queue, builds the event AWS would send and invokes
+the function in an execution environment (devstack.lambda_env: a worker
+process limited to the function's memory and timeout from
+.chalice/config.json, kept warm between messages). It deletes the message on
+success and leaves it for redelivery (after the visibility timeout) when the
+handler fails or its environment dies. SQS's redrive policy moves a message
+that keeps failing to the dead-letter queue.
+
+AWS wants a queue's visibility timeout to be at least the function's timeout
+(ours: 6 x 900 s), so a message never comes back while its invocation runs.
+The local queue's is short (60 s, `make run --visibility-timeout`) so that a
+training whose runner died comes back soon; to keep the first promise too,
+the runner extends a message's visibility while its invocation runs.
+
+Lambda only logs why an environment died (out of memory, timed out, killed);
+this runner also writes it into the model's item (ModelRegistry.
+record_lost_attempt), so a model whose last attempt died says why.
 
     python -m devstack.sqs_runner [--stage dev] [--workers N]
+                                  [--memory-size MB] [--timeout SECONDS]
 """
 from __future__ import annotations
 
@@ -15,16 +29,26 @@ import logging
 import os
 import signal
 import threading
-import traceback
-from typing import Any, Callable
-
+from typing import Any, Callable, Protocol
 
 from chalicelib import aws
 from chalicelib.config import Settings
 from chalicelib.logs import log
 from devstack import stage
+from devstack.lambda_env import Death, EnvironmentPool, FunctionSpec, Invocation
 
-Handler = Callable[[dict, Any], Any]
+FUNCTION = "train_model"
+HANDLER = "app.train_model"
+
+
+class Function(Protocol):
+    """What the runner invokes: devstack.lambda_env.EnvironmentPool."""
+
+    def invoke(self, event: Any, request_id: str | None = None) -> Invocation: ...
+
+
+# Called when an invocation's environment died: (message, receive count, death).
+OnLost = Callable[[dict, int, Death], None]
 
 
 def lambda_event(message: dict, queue_arn: str, region: str) -> dict:
@@ -49,21 +73,21 @@ def lambda_event(message: dict, queue_arn: str, region: str) -> dict:
 
 
 class SqsEventSourceRunner:
-    def __init__(self, sqs, queue_url: str, handler: Handler, *, function_name: str,
-                 timeout_seconds: int = 900, memory_mb: int = 3008, wait_seconds: int = 1):
+    def __init__(self, sqs, queue_url: str, function: Function, *, wait_seconds: int = 1,
+                 on_lost: OnLost | None = None):
         self._sqs = sqs
         self._queue_url = queue_url
-        self._handler = handler
-        self._function_name = function_name
-        self._timeout_ms = timeout_seconds * 1000
-        self._memory_mb = memory_mb
+        self._function = function
         self._wait_seconds = wait_seconds
-        self._queue_arn = sqs.get_queue_attributes(
-            QueueUrl=queue_url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+        self._on_lost = on_lost
+        attributes = sqs.get_queue_attributes(
+            QueueUrl=queue_url, AttributeNames=["QueueArn", "VisibilityTimeout"])["Attributes"]
+        self._queue_arn = attributes["QueueArn"]
+        self._visibility_timeout = int(attributes["VisibilityTimeout"])
         self._region = sqs.meta.region_name
 
     def poll_once(self) -> int:
-        """Receives at most one message (batch size 1) and runs the handler on it."""
+        """Receives at most one message (batch size 1) and invokes the function on it."""
         messages = self._sqs.receive_message(
             QueueUrl=self._queue_url, MaxNumberOfMessages=1,
             WaitTimeSeconds=self._wait_seconds,
@@ -74,19 +98,52 @@ class SqsEventSourceRunner:
         return len(messages)
 
     def _invoke(self, message: dict) -> None:
-        from chalice.local import LambdaContext
-
-        context = LambdaContext(self._function_name, self._memory_mb, self._timeout_ms)
-        event = lambda_event(message, self._queue_arn, self._region)
+        receive_count = int(message.get("Attributes", {}).get("ApproximateReceiveCount", "1"))
+        done = threading.Event()
+        keeper = threading.Thread(target=self._keep_invisible, args=(message, done),
+                                  name="sqs-visibility", daemon=True)
+        keeper.start()
         try:
-            self._handler(event, context)
-        except Exception as error:
-            # Like Lambda: the message stays and comes back after its
-            # visibility timeout.
-            log("runner.handler_failed", level=logging.ERROR, message_id=message["MessageId"],
-                error=f"{type(error).__name__}: {error}", traceback=traceback.format_exc())
+            result = self._function.invoke(lambda_event(message, self._queue_arn, self._region))
+        finally:
+            done.set()
+            keeper.join()
+        # Lambda's REPORT line.
+        log("runner.report", message_id=message["MessageId"], request_id=result.request_id,
+            receive_count=receive_count, pid=result.pid, duration_ms=result.duration_ms,
+            init_ms=result.init_ms, max_memory_mb=result.max_memory_mb,
+            outcome="ok" if result.ok else (result.death.kind if result.death else "error"))
+        if result.ok:
+            self._sqs.delete_message(QueueUrl=self._queue_url,
+                                     ReceiptHandle=message["ReceiptHandle"])
             return
-        self._sqs.delete_message(QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"])
+        # Like Lambda: the message stays and comes back after its visibility timeout.
+        if result.death is None:
+            log("runner.handler_failed", level=logging.ERROR, message_id=message["MessageId"],
+                receive_count=receive_count, error=f"{result.error.get('errorType')}: "
+                                                   f"{result.error.get('errorMessage')}")
+            return
+        log("runner.environment_died", level=logging.ERROR, message_id=message["MessageId"],
+            receive_count=receive_count, pid=result.pid, kind=str(result.death.kind),
+            reason=result.death.reason, error=result.error)
+        if self._on_lost is not None:
+            try:
+                self._on_lost(message, receive_count, result.death)
+            except Exception as error:  # the emulator may be down too: the lease runs out
+                log("runner.record_lost_failed", level=logging.WARNING,
+                    message_id=message["MessageId"], error=f"{type(error).__name__}: {error}")
+
+    def _keep_invisible(self, message: dict, done: threading.Event) -> None:
+        """Extends the message's visibility while its invocation runs."""
+        interval = max(0.5, self._visibility_timeout / 2)
+        while not done.wait(interval):
+            try:
+                self._sqs.change_message_visibility(
+                    QueueUrl=self._queue_url, ReceiptHandle=message["ReceiptHandle"],
+                    VisibilityTimeout=self._visibility_timeout)
+            except Exception as error:  # the emulator restarting: it may come back early
+                log("runner.visibility_failed", level=logging.WARNING,
+                    message_id=message["MessageId"], error=f"{type(error).__name__}: {error}")
 
     def run(self, stop: threading.Event, workers: int = 1) -> None:
         """Polls with `workers` concurrent pollers until `stop` is set."""
@@ -106,29 +163,86 @@ class SqsEventSourceRunner:
             thread.join()
 
 
+def record_lost_training(registry) -> OnLost:
+    """Writes why a training's environment died into its model's item."""
+    from chalicelib.queue import TrainingMessage
+
+    def record(message: dict, receive_count: int, death: Death) -> None:
+        model_id = TrainingMessage.from_json(message["Body"]).model_id
+        if registry.record_lost_attempt(model_id, receive_count, death.reason):
+            log("runner.lost_attempt_recorded", model_id=model_id,
+                receive_count=receive_count, reason=death.reason)
+
+    return record
+
+
+def trainer_spec(stage_name: str, memory_mb: int | None = None,
+                 timeout_seconds: float | None = None) -> FunctionSpec:
+    """The trainer as its stage deploys it, in this checkout, with this
+    process's environment (the stage's variables, the emulator endpoint)."""
+    function = stage.lambda_function(FUNCTION, stage_name)
+    return FunctionSpec(
+        name=function.name, handler=HANDLER, code_paths=(str(stage.PROJECT_DIR),),
+        memory_mb=memory_mb or function.memory_mb,
+        timeout_seconds=timeout_seconds or function.timeout_seconds,
+        environment=dict(os.environ), region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
+
+
+def _queue_url(sqs, name: str, stop: threading.Event) -> str | None:
+    """The queue's URL, waiting while the emulator is unreachable (`make run`
+    may have restarted this runner during an outage)."""
+    while not stop.is_set():
+        try:
+            return sqs.get_queue_url(QueueName=name)["QueueUrl"]
+        except Exception as error:
+            log("runner.queue_unavailable", level=logging.WARNING, queue=name,
+                error=f"{type(error).__name__}: {error}")
+            stop.wait(2)
+    return None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description="Feed SQS training messages to the trainer.")
     parser.add_argument("--stage", default="dev")
     parser.add_argument("--workers", type=int,
                         default=int(os.environ.get("RUNNER_WORKERS", os.cpu_count() or 1)),
-                        help="messages processed at once, like an event source mapping's "
-                             "maximum concurrency (default: the number of cores)")
+                        help="messages processed at once, each in its own execution "
+                             "environment, like an event source mapping's maximum "
+                             "concurrency (default: the number of cores)")
+    parser.add_argument("--memory-size", type=int, metavar="MB",
+                        help="the trainer's memory limit (default: its lambda_memory_size "
+                             "in .chalice/config.json)")
+    parser.add_argument("--timeout", type=float, metavar="SECONDS",
+                        help="the trainer's time limit (default: its lambda_timeout)")
     args = parser.parse_args()
     stage.apply(args.stage)
 
-    from app import app, train_model  # after the environment is set
+    from chalicelib import components
 
+    spec = trainer_spec(args.stage, args.memory_size, args.timeout)
     settings = Settings.from_env()
     sqs = aws.client("sqs")
-    runner = SqsEventSourceRunner(
-        sqs, sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"], train_model,
-        function_name=f"{app.app_name}-{args.stage}-train_model")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    log("runner.started", queue=settings.queue, workers=args.workers,
+    queue_url = _queue_url(sqs, settings.queue, stop)
+    if queue_url is None:
+        return
+    pool = EnvironmentPool(spec, args.workers)
+    runner = SqsEventSourceRunner(sqs, queue_url, pool,
+                                  on_lost=record_lost_training(components.registry()))
+    log("runner.started", queue=settings.queue, workers=args.workers, function=spec.name,
+        memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
         endpoint=os.environ.get("AWS_ENDPOINT_URL", "AWS"))
-    runner.run(stop, args.workers)
+    pollers = threading.Thread(target=runner.run, args=(stop, args.workers), daemon=True)
+    pollers.start()
+    while not stop.wait(0.5):
+        pass
+    # Stopping: end the environments at once (an unfinished training comes
+    # back after its visibility timeout), then let the pollers return.
+    pool.close()
+    pollers.join(timeout=10)
+    log("runner.stopped", queue=settings.queue)
 
 
 if __name__ == "__main__":

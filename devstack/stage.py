@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -18,6 +19,32 @@ def stage_environment(stage: str = "dev") -> dict[str, str]:
     env = dict(config.get("environment_variables", {}))
     env.update(config["stages"][stage].get("environment_variables", {}))
     return env
+
+
+@dataclass(frozen=True)
+class LambdaFunction:
+    """A function as `chalice deploy --stage` would create it."""
+    name: str  # the deployed name, e.g. ml-api-dev-train_model
+    memory_mb: int
+    timeout_seconds: int
+    environment: dict[str, str]  # its variables from .chalice/config.json
+
+
+def lambda_function(function: str, stage: str = "dev") -> LambdaFunction:
+    """A function's name, memory, timeout and variables for a stage, read from
+    .chalice/config.json by Chalice's own rules (stage over function over
+    global), with Chalice's defaults where nothing is set."""
+    from chalice.config import Config
+    from chalice.constants import DEFAULT_LAMBDA_MEMORY_SIZE, DEFAULT_LAMBDA_TIMEOUT
+
+    stage_environment(stage)  # an unknown stage is named
+    config = Config(chalice_stage=stage, function_name=function, config_from_disk=json.loads(
+        (PROJECT_DIR / ".chalice" / "config.json").read_text()))
+    return LambdaFunction(
+        name=f"{config.app_name}-{stage}-{function}",
+        memory_mb=config.lambda_memory_size or DEFAULT_LAMBDA_MEMORY_SIZE,
+        timeout_seconds=config.lambda_timeout or DEFAULT_LAMBDA_TIMEOUT,
+        environment=dict(config.environment_variables))
 
 
 def deployed_settings(stage: str = "dev"):

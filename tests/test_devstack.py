@@ -8,7 +8,27 @@ import pytest
 
 from chalicelib import components
 from devstack import bootstrap, stage
+from devstack.lambda_env import Invocation
 from devstack.sqs_runner import SqsEventSourceRunner
+
+
+class InProcess:
+    """Calls a handler in this process, for moto's in-process mocks (a worker
+    process could not see them); devstack.lambda_env's tests run real workers."""
+
+    def __init__(self, handler):
+        self._handler = handler
+
+    def invoke(self, event, request_id=None):
+        from chalice.local import LambdaContext
+
+        context = LambdaContext("ml-api-dev-train_model", 3008, 900_000)
+        try:
+            payload = self._handler(event, context)
+        except Exception as error:
+            return Invocation("in-process", error={"errorType": type(error).__name__,
+                                                   "errorMessage": str(error)})
+        return Invocation("in-process", payload=payload)
 
 
 def test_bootstrap_is_idempotent_and_wires_the_dead_letter_queue(aws):
@@ -31,8 +51,7 @@ def _runner(aws, handler, visibility_timeout=30):
     sqs = aws.client("sqs")
     url = sqs.get_queue_url(QueueName=components.settings().queue)["QueueUrl"]
     sqs.set_queue_attributes(QueueUrl=url, Attributes={"VisibilityTimeout": str(visibility_timeout)})
-    return sqs, url, SqsEventSourceRunner(sqs, url, handler, function_name="ml-api-dev-train_model",
-                                          wait_seconds=0)
+    return sqs, url, SqsEventSourceRunner(sqs, url, InProcess(handler), wait_seconds=0)
 
 
 def _count(sqs, url):
@@ -298,3 +317,20 @@ def test_the_embedded_moto_serializes_conditional_writes_as_dynamodb_does(tmp_pa
         assert all(registry().get(model_id).status == Status.TRAINING for model_id in models)
     finally:
         stop_process(moto, 10)
+def test_the_trainer_runs_with_its_stages_memory_and_timeout(monkeypatch):
+    from devstack.sqs_runner import trainer_spec
+
+    for name in ("dev", "prod"):
+        function = stage.lambda_function("train_model", name)
+        assert function.name == f"ml-api-{name}-train_model"
+        assert (function.memory_mb, function.timeout_seconds) == (3008, 900)
+        assert function.environment["TRAINING_QUEUE"] == f"ml-api-{name}-training"
+    api = stage.lambda_function("api_handler", "prod")
+    assert (api.memory_mb, api.timeout_seconds) == (512, 30)
+    monkeypatch.setenv("MODELS_BUCKET", "overridden")
+    spec = trainer_spec("dev")
+    assert (spec.handler, spec.memory_mb, spec.timeout_seconds) == ("app.train_model", 3008, 900)
+    assert spec.code_paths == (str(stage.PROJECT_DIR),)
+    assert spec.environment["MODELS_BUCKET"] == "overridden"  # what the runner was given
+    small = trainer_spec("dev", memory_mb=300, timeout_seconds=2)
+    assert (small.memory_mb, small.timeout_seconds) == (300, 2)

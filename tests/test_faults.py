@@ -5,7 +5,12 @@
   mid-training, or on every delivery; a poison message; a message delivered
   twice at once. Each test bootstraps its own bucket, table and queues in one
   shared emulator.
-* The emulator killed under `devstack.run` and coming back empty; the
+* The trainer's execution environment (devstack.lambda_env, under the
+  runner): its worker process killed mid-training; a dataset that needs more
+  than a small memory limit; a training longer than a small timeout.
+* The emulator killed under `devstack.run` and coming back empty, both when
+  it was started elsewhere and when `devstack.run` started it (and starts it
+  again); the trainer and the API server killed under `devstack.run`; the
   emulator hung (SIGSTOP) under `devstack.server`.
 * A stack started by `devstack.run` (tests/stack.py's running_stack) with API
   keys on and a 1 s recheck interval: a lost status item, a missing, tampered
@@ -85,6 +90,14 @@ RECOVERY_LIMIT = 10       # seconds until the API works after the emulator is ba
 # scikit-learn, fitting), so that a trainer killed within milliseconds of
 # logging training.started has not written anything yet.
 SLOW_ROWS, SLOW_FEATURES, SLOW_CLASSES = 60_000, 32, 6
+# For the trainer's limits: a 36 MB CSV whose parsing alone peaks at ~450 MB
+# above an idle worker, and whose training takes several seconds even on a
+# fast machine (reading, parsing, importing scikit-learn, two fits).
+LARGE_ROWS = 150_000
+# The streaming trainer fits 150,000 x 32 in about 250 MB, iris in about 190 MB.
+SMALL_MEMORY_MB = 250
+OVER_MEMORY_ROWS = 400_000
+SMALL_TIMEOUT_SECONDS = 1
 
 
 # --- processes ----------------------------------------------------------------------
@@ -342,14 +355,16 @@ class Queue:
     processes: Processes
     log_dir: Path
 
-    def start_runner(self, name: str, workers: int, lease_seconds: float) -> Process:
+    def start_runner(self, name: str, workers: int, lease_seconds: float,
+                     extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None
+                     ) -> Process:
         env = _base_environment(self.aws.endpoint, **{
             **stage.stage_environment("dev"), **self.names,
-            "TRAINING_LEASE_SECONDS": str(lease_seconds)})
+            "TRAINING_LEASE_SECONDS": str(lease_seconds), **(env or {})})
         log = self.log_dir / f"{name}.log"
         runner = self.processes.spawn(
-            name, [sys.executable, "-m", "devstack.sqs_runner", "--workers", str(workers)],
-            env, log)
+            name, [sys.executable, "-m", "devstack.sqs_runner", "--workers", str(workers),
+                   *extra_args], env, log)
 
         def started():
             if not runner.alive():
@@ -501,7 +516,11 @@ def test_poison_message_ends_in_the_dead_letter_queue_and_fails_the_model(queue_
 
 
 def test_duplicate_delivery_trains_once(queue_factory):
-    queue = queue_factory("dup", visibility_timeout=3)
+    # The deferred duplicate comes back every visibility timeout, and is
+    # dead-lettered on its third receive: the first delivery (a cold worker
+    # importing scikit-learn, ~10 s on a loaded 2-core machine) must be done by then.
+    visibility_timeout = 8
+    queue = queue_factory("dup", visibility_timeout=visibility_timeout)
     queue.start_runner("runner", workers=2, lease_seconds=30)
     body, _, _ = _dataset(5_000, 8, 4, seed=1)
     message = queue.aws.enqueue(body, 5_000, 8)
@@ -527,7 +546,7 @@ def test_duplicate_delivery_trains_once(queue_factory):
 
     record("Training queue", "Duplicate delivery",
            "the same training message sent twice at once to a runner with 2 workers "
-           "(lease 30 s, visibility timeout 3 s)",
+           f"(lease 30 s, visibility timeout {visibility_timeout} s)",
            sent, f"trained once ({started} training.started, {ready} training.ready); the "
               f"duplicate: {deferred} training.deferred, {skipped} training.skipped; READY, "
               "queue and dead-letter queue empty")
@@ -548,6 +567,183 @@ def test_trainer_killed_on_every_delivery_marks_the_model_failed(queue_factory):
     _wait_for(lambda: queue.aws.queue_counts(dead_letters=True)[0] == 1, 20,
               "the message to reach the dead-letter queue", queue.context)
     assert queue.aws.registry.get(model_id).public()["status"] == FAILED
+
+
+# --- the trainer's execution environment ---------------------------------------------
+
+def _gone(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def _children(pid: int, marker: str) -> list[int]:
+    """Living child processes of `pid` whose command line contains `marker`."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            state, ppid = (entry / "stat").read_text().rsplit(")", 1)[1].split()[:2]
+            command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except (OSError, ValueError):
+            continue
+        if int(ppid) == pid and state != "Z" and marker in command:
+            found.append(int(entry.name))
+    return found
+
+
+def test_worker_killed_mid_training_costs_one_retry(queue_factory):
+    queue = queue_factory("worker", visibility_timeout=4)
+    runner = queue.start_runner("runner", workers=1, lease_seconds=30)
+    body, _, _ = _dataset(SLOW_ROWS, SLOW_FEATURES, SLOW_CLASSES)
+    model_id = queue.aws.enqueue(body, SLOW_ROWS, SLOW_FEATURES).model_id
+
+    _wait_for(lambda: _events(runner.log, event="training.started", model_id=model_id),
+              30, "the trainer to start", queue.context, interval=0.02)
+    [worker] = _children(runner.pid, "lambda_env.py")
+    os.kill(worker, signal.SIGKILL)  # as the kernel's OOM killer would
+    killed_at = time.monotonic()
+    [died] = _wait_for(lambda: _events(runner.log, event="runner.environment_died"), 10,
+                       "the runner to see its worker die", queue.context)
+    assert died["pid"] == worker and died["kind"] == "crash", died
+    assert died["reason"] == "was killed by SIGKILL (signal 9)"
+    assert died["error"]["errorType"] == "Runtime.ExitError"
+    assert queue.aws.status(model_id) == Status.TRAINING, (
+        f"the kill came too late (training already finished): raise SLOW_ROWS\n"
+        f"{queue.context()}")
+    assert queue.aws.artifact_keys(model_id) == []
+
+    # The same runner takes the redelivery in a new environment.
+    assert queue.wait_until_done(model_id) == Status.READY, queue.context()
+    recovered_after = time.monotonic() - killed_at
+    assert runner.alive()
+    started = _events(runner.log, event="training.started", model_id=model_id)
+    assert [entry["receive_count"] for entry in started] == [1, 2], started
+    assert len(_events(runner.log, event="training.ready", model_id=model_id)) == 1
+    # The item says READY before the invocation returns: wait for its report.
+    queue.wait_until_queue_empty()
+    [retry] = [entry for entry in _events(runner.log, event="runner.report")
+               if entry["outcome"] == "ok"]
+    assert retry["pid"] != worker and retry["init_ms"] is not None  # a cold start
+    assert queue.aws.queue_counts(dead_letters=True) == (0, 0)
+
+    record("Trainer execution environment", "Worker killed mid-training",
+           f"SIGKILL the runner's worker process while it trained a {SLOW_ROWS:,} x "
+           f"{SLOW_FEATURES} dataset (visibility timeout 4 s)", 1,
+           f"the runner logged \"{died['reason']}\" and kept running; the redelivery (receive "
+           f"{started[-1]['receive_count']}) trained it in a new worker: READY "
+           f"{math.ceil(recovered_after)} s after the kill, once")
+
+
+def test_a_training_longer_than_the_visibility_timeout_is_not_delivered_again(queue_factory):
+    # AWS wants visibility >= the function's timeout; the local queue's is
+    # short, so the runner keeps a running message invisible.
+    queue = queue_factory("long", visibility_timeout=1)
+    runner = queue.start_runner("runner", workers=2, lease_seconds=0.5)
+    body, _, _ = _dataset(SLOW_ROWS, SLOW_FEATURES, SLOW_CLASSES)
+    model_id = queue.aws.enqueue(body, SLOW_ROWS, SLOW_FEATURES).model_id
+    assert queue.wait_until_done(model_id) == Status.READY, queue.context()
+    queue.wait_until_queue_empty()
+    [report] = _events(runner.log, event="runner.report")
+    seconds = report["duration_ms"] / 1000
+    assert seconds > 2, "the training was too quick to tell: raise SLOW_ROWS"
+    started = _events(runner.log, event="training.started", model_id=model_id)
+    assert [entry["receive_count"] for entry in started] == [1], queue.context()
+
+    record("Training queue", "Training longer than the visibility timeout",
+           f"a {SLOW_ROWS:,}-row training on a queue with a 1 s visibility timeout, 2 "
+           "workers and a 0.5 s lease", 1,
+           f"trained once in {seconds:.1f} s, on receive 1: the runner kept the message "
+           "invisible while it ran (as AWS's visibility >= timeout rule does)")
+
+
+def _span(values: list[float], spec: str) -> str:
+    """"1.1" or "1.1-1.3": the range of figures, once if they agree."""
+    low, high = format(min(values), spec), format(max(values), spec)
+    return low if low == high else f"{low}-{high}"
+
+
+def _lost_every_time(queue: Queue, runner: Process, model_id: str, kind: str) -> list[dict]:
+    """Waits until the model failed and its message was dead-lettered; returns
+    the runner's environment_died events, one per receive."""
+    status = _wait_for(lambda: (s := queue.aws.status(model_id)) in (Status.READY, Status.FAILED)
+                       and s, 120, f"model {model_id} to finish", queue.context)
+    assert status == Status.FAILED, queue.context()
+    _wait_for(lambda: queue.aws.queue_counts(dead_letters=True)[0] == 1, 30,
+              "the message to reach the dead-letter queue", queue.context)
+    assert queue.aws.queue_counts() == (0, 0)
+    assert runner.alive()
+    deaths = _events(runner.log, event="runner.environment_died")
+    assert [entry["receive_count"] for entry in deaths] == [1, 2, 3], queue.context()
+    assert {entry["kind"] for entry in deaths} == {kind}, deaths
+    assert len({entry["pid"] for entry in deaths}) == 3  # a new environment each time
+    assert _events(runner.log, event="training.ready") == []
+    assert queue.aws.artifact_keys(model_id) == []
+    return deaths
+
+
+def test_a_dataset_over_the_memory_limit_fails_the_model_saying_so(queue_factory):
+    queue = queue_factory("memory", visibility_timeout=2)
+    # The trainer's own memory budget would refuse this dataset before reading
+    # it (tests/test_training.py). Here the trainer is told it has 3,008 MB, as
+    # when its estimate is wrong, so the environment's limit is what stops it.
+    runner = queue.start_runner("runner", workers=1, lease_seconds=30,
+                                extra_args=("--memory-size", str(SMALL_MEMORY_MB)),
+                                env={"AWS_LAMBDA_FUNCTION_MEMORY_SIZE": "3008"})
+    [started] = _events(runner.log, event="runner.started")
+    assert started["memory_mb"] == SMALL_MEMORY_MB and started["timeout_seconds"] == 900
+    body, _, _ = _dataset(OVER_MEMORY_ROWS, SLOW_FEATURES, SLOW_CLASSES)
+    model_id = queue.aws.enqueue(body, OVER_MEMORY_ROWS, SLOW_FEATURES).model_id
+
+    deaths = _lost_every_time(queue, runner, model_id, "out of memory")
+    reached = [float(re.search(r"it reached ([\d.]+) MB", e["reason"]).group(1))
+               for e in deaths]
+    assert all(peak > SMALL_MEMORY_MB for peak in reached), deaths
+    assert {e["error"]["errorType"] for e in deaths} == {"Runtime.OutOfMemory"}
+    record_ = queue.aws.registry.get(model_id)
+    assert record_.public()["status"] == FAILED
+    expected = (f"training did not finish in 3 deliveries: on the last one the trainer ran "
+                f"out of its {SMALL_MEMORY_MB} MB of memory (lambda_memory_size): it reached")
+    assert record_.error.startswith(expected), record_.error
+    assert record_.error.endswith("the training message is in the dead-letter queue")
+
+    record("Trainer execution environment", "Dataset over the memory limit",
+           f"a {len(body) / 1e6:.0f} MB CSV ({OVER_MEMORY_ROWS:,} x {SLOW_FEATURES}) for a trainer "
+           f"limited to {SMALL_MEMORY_MB} MB (runner --memory-size; the deployed 3008 MB comes "
+           "from .chalice/config.json), visibility timeout 2 s", len(deaths),
+           f"each receive killed its worker at {_span(reached, '.0f')} MB peak RSS "
+           f"(Runtime.OutOfMemory); then dead-lettered; model \"{record_.public()['status']}\": "
+           f"\"{record_.error.split(': it reached')[0]}...\"")
+
+
+def test_a_training_over_the_timeout_fails_the_model_saying_so(queue_factory):
+    queue = queue_factory("timeout", visibility_timeout=3)
+    runner = queue.start_runner("runner", workers=1, lease_seconds=30,
+                                extra_args=("--timeout", str(SMALL_TIMEOUT_SECONDS)))
+    body, _, _ = _dataset(LARGE_ROWS, SLOW_FEATURES, SLOW_CLASSES)
+    model_id = queue.aws.enqueue(body, LARGE_ROWS, SLOW_FEATURES).model_id
+
+    deaths = _lost_every_time(queue, runner, model_id, "timeout")
+    reason = f"timed out after {SMALL_TIMEOUT_SECONDS} s (lambda_timeout)"
+    assert {e["reason"] for e in deaths} == {reason}, deaths
+    assert {e["error"]["errorType"] for e in deaths} == {"Sandbox.Timedout"}
+    reports = [e for e in _events(runner.log, event="runner.report") if e["outcome"] == "timeout"]
+    durations = [e["duration_ms"] / 1000 for e in reports]
+    assert len(durations) == 3 and all(d >= SMALL_TIMEOUT_SECONDS for d in durations), reports
+    record_ = queue.aws.registry.get(model_id)
+    assert record_.error == (f"training did not finish in 3 deliveries: on the last one the "
+                             f"trainer {reason}; the training message is in the dead-letter "
+                             "queue"), record_.error
+
+    record("Trainer execution environment", "Training over the timeout",
+           f"the same {LARGE_ROWS:,}-row CSV for a trainer limited to {SMALL_TIMEOUT_SECONDS} s "
+           "(runner --timeout; the deployed 900 s comes from .chalice/config.json), "
+           "visibility timeout 3 s", len(deaths),
+           f"each receive killed its worker after {_span(durations, '.1f')} s "
+           f"(Sandbox.Timedout); then dead-lettered; model \"{record_.public()['status']}\": "
+           f"\"{record_.error}\"")
 
 
 # --- the stack as `make run` starts it ------------------------------------------------
@@ -730,6 +926,135 @@ def test_emulator_hung_answers_503_within_seconds(processes, tmp_path):
     finally:
         moto.popen.send_signal(signal.SIGCONT)
         http.close()
+
+
+def _said(stack: Stack, pattern: str) -> re.Match | None:
+    """devstack.run's own (not JSON) log line matching `pattern`."""
+    for line in stack.log.read_text(errors="replace").splitlines():
+        if not line.startswith("{") and (match := re.search(pattern, line)):
+            return match
+    return None
+
+
+# Under the 5.94 MB a POST /models body may take (about 5 MB), and long enough to
+# train that the kill lands mid-training.
+STACK_ROWS = 22_000
+
+
+def test_make_run_restarts_a_dead_trainer_and_api_server(processes, tmp_path):
+    api_port, emulator_port = free_ports(2)
+    stack = _start_stack(processes, tmp_path, api_port, emulator_port)
+    run_pid = stack.process.pid
+    body, _, _ = _dataset(STACK_ROWS, SLOW_FEATURES, SLOW_CLASSES, seed=3)
+    model_id = stack.submit(body)
+
+    # The trainer dies mid-training (the runner, and with it its worker).
+    _wait_for(lambda: _events(stack.log, event="training.started", model_id=model_id), 60,
+              "training to start", stack.output, interval=0.02)
+    [runner] = _children(run_pid, "devstack.sqs_runner")
+    [worker] = _children(runner, "lambda_env.py")
+    os.kill(runner, signal.SIGKILL)
+    # The API answers all along; the model says "training" until the redelivery trains it.
+    answers = []
+
+    def trained():
+        answer = stack.status(model_id)
+        answers.append(answer.status_code)
+        assert answer.status_code == 200, (answer.status_code, answer.text)
+        return answer.json()["status"] != TRAINING and answer.json()
+
+    status = _wait_for(trained, TRAINING_TIMEOUT, "the model to finish after the trainer died",
+                       stack.output, interval=0.25)
+    assert status["status"] == READY, status
+    assert _wait_for(lambda: _gone(worker), 10, "the dead runner's worker to exit")
+    died = _said(stack, rf"The trainer \(devstack.sqs_runner\), pid {runner}, was killed by "
+                        r"SIGKILL \(signal 9\)\. A training it was running comes back after")
+    restarted = _said(stack, r"The trainer \(devstack.sqs_runner\) started again, pid (\d+)")
+    assert died and restarted, stack.output()
+    [new_runner] = _children(run_pid, "devstack.sqs_runner")
+    assert int(restarted.group(1)) == new_runner != runner
+    started = _events(stack.log, event="training.started", model_id=model_id)
+    assert [entry["receive_count"] for entry in started] == [1, 2], started
+
+    # The API server dies; it is started again, and the emulator kept the model.
+    [api] = _children(run_pid, "devstack.server")
+    os.kill(api, signal.SIGKILL)
+    killed_at = time.monotonic()
+
+    def answering():
+        try:
+            return stack.predict(model_id, ",".join(["0"] * SLOW_FEATURES).encode() + b"\n")
+        except requests.ConnectionError:
+            return None
+
+    predicted = _wait_for(answering, 30, "the API to answer again", stack.output,
+                          interval=0.2)
+    back_after = time.monotonic() - killed_at
+    assert predicted.status_code == 202, predicted.text
+    assert _said(stack, rf"The API server \(devstack.server\), pid {api}, was killed by SIGKILL")
+    assert _said(stack, r"The API server \(devstack.server\) started again")
+    assert stack.alive()
+
+    record("Availability", "Trainer killed under make run",
+           f"SIGKILL devstack.sqs_runner (and so its worker) while it trained a {STACK_ROWS:,}-row "
+           "model, asking the model's status every 0.25 s", len(answers),
+           f"devstack.run said it died and started it again; every status answer 200; the "
+           f"redelivery (receive {started[-1]['receive_count']}) made the model READY")
+    record("Availability", "API server killed under make run",
+           "SIGKILL devstack.server, then predict until it answers", 1,
+           f"devstack.run said it died and started it again; 202 with the model trained "
+           f"before, {back_after:.1f} s after the kill")
+
+
+def test_make_run_restarts_its_dead_emulator_and_the_api_says_503_meanwhile(processes,
+                                                                            tmp_path):
+    api_port, emulator_port = free_ports(2)
+    stack = _start_stack(processes, tmp_path, api_port, emulator_port)
+    run_pid = stack.process.pid
+    before = stack.submit()
+    stack.wait_until_trained(before)
+    [moto] = _children(run_pid, "devstack.moto_server")
+
+    # Held still, devstack.run cannot restart the emulator yet: what does the API say?
+    os.kill(run_pid, signal.SIGSTOP)
+    try:
+        os.kill(moto, signal.SIGKILL)
+        _wait_for(lambda: not answers(emulator_port), 10, "moto to stop answering")
+        outage = [stack.request("POST", "/models", IRIS), stack.status(before),
+                  stack.predict(before)]
+    finally:
+        os.kill(run_pid, signal.SIGCONT)
+    for answer in outage:
+        assert answer.status_code == 503, (answer.status_code, answer.text)
+        assert int(answer.headers.get("Retry-After", "0")) > 0, answer.headers
+        assert answer.text.startswith("The model store is unavailable right now"), answer.text
+    resumed = time.monotonic()
+
+    def submitted():
+        answer = stack.request("POST", "/models", IRIS)
+        assert answer.status_code in (201, 503), (answer.status_code, answer.text)
+        return answer.status_code == 201 and answer.json()["model_id"]
+
+    after = _wait_for(submitted, 60, "POST /models to work again", stack.output, interval=0.25)
+    recovered = time.monotonic() - resumed
+    stack.wait_until_trained(after)
+    assert stack.status(before).status_code == 404  # the emulator's memory went with it
+    died = _said(stack, rf"The emulator \(moto server\), pid {moto}, was killed by SIGKILL "
+                        r"\(signal 9\)\. Its state lived in memory: every model is gone")
+    back = _said(stack, r"The emulator is back on \S+, empty: bucket, table and queues "
+                        "created again")
+    assert died and back, stack.output()
+    [new_moto] = _children(run_pid, "devstack.moto_server")
+    assert new_moto != moto and stack.alive()
+
+    record("Availability", "Emulator started by make run killed",
+           "SIGKILL the moto server devstack.run started (devstack.run held with SIGSTOP "
+           "meanwhile), then POST /models, GET /check_model_status, predict; then let "
+           "devstack.run go on", len(outage),
+           f"{'/'.join(sorted({str(a.status_code) for a in outage}))} with Retry-After each "
+           f"time; devstack.run said the emulator died and its models were gone, started it "
+           f"again and created the resources: POST /models worked {recovered:.1f} s later and "
+           "trained")
 
 
 API_KEYS = ("k1", "k2")

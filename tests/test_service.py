@@ -198,3 +198,50 @@ def test_a_second_delivery_during_training_trains_nothing(aws, monkeypatch):
     assert components.trainer().handle(training_message, receive_count=3) == "already done"
     assert components.registry().get(submission.model_id) == before
     assert len(fits) == 1 and before.status == Status.READY
+
+
+def test_a_lost_attempt_says_why_once_the_last_one_is_lost(aws):
+    """What the local runner writes when a trainer's environment dies; in AWS
+    nobody does, and the generic reason stays."""
+    registry = components.registry()
+    for model_id in ("m", "generic"):
+        registry.create(ModelRecord(model_id=model_id, task_id="t", status=Status.QUEUED,
+                                    created_at=now_iso(), n_rows=1, n_features=1,
+                                    dataset_key="k"))
+    assert registry.start_training("m", "first", lease_seconds=600, receive_count=1)
+    assert not registry.record_lost_attempt("m", 2, "ran out")  # not that attempt
+    assert registry.record_lost_attempt("m", 1, "ran out of its 300 MB of memory")
+    # Not the last attempt: still training, and the lease is free at once.
+    assert registry.get("m").public()["status"] == "Model is Training"
+    assert registry.start_training("m", "second", lease_seconds=600, receive_count=2)
+    assert registry.record_lost_attempt("m", 2, "was killed by SIGKILL (signal 9)")
+    assert registry.start_training("m", "third", lease_seconds=-1, receive_count=3)
+    # The last attempt died without a note (the runner died too): the generic reason.
+    record = registry.get("m")
+    assert record.status == Status.FAILED
+    assert record.error.startswith("training did not finish in 3 deliveries (the trainer was "
+                                   "killed, ran out of memory or timed out)")
+    assert registry.record_lost_attempt("m", 3, "timed out after 900 s (lambda_timeout)")
+    record = registry.get("m")
+    assert record.public()["status"] == "Training Failed"
+    assert record.error == ("training did not finish in 3 deliveries: on the last one the "
+                            "trainer timed out after 900 s (lambda_timeout); the training "
+                            "message is in the dead-letter queue")
+    # Attempts that died before the trainer took the lease count too.
+    registry.create(ModelRecord(model_id="early", task_id="t", status=Status.QUEUED,
+                                created_at=now_iso(), n_rows=1, n_features=1, dataset_key="k"))
+    for attempt in (1, 2, 3):
+        assert registry.record_lost_attempt("early", attempt, "timed out after 1 s")
+    record = registry.get("early")
+    assert record.status == Status.FAILED and record.error.startswith(
+        "training did not finish in 3 deliveries: on the last one the trainer timed out")
+    registry.create(ModelRecord(model_id="early2", task_id="t", status=Status.QUEUED,
+                                created_at=now_iso(), n_rows=1, n_features=1, dataset_key="k"))
+    assert registry.record_lost_attempt("early2", 1, "timed out after 1 s")
+    assert registry.get("early2").public()["status"] == "Model is Training"
+    assert registry.start_training("early2", "next", lease_seconds=600, receive_count=2)
+    # A finished model is left alone.
+    assert registry.start_training("generic", "me", lease_seconds=600, receive_count=1)
+    assert registry.mark_ready("generic", [0, 1], "me")
+    assert not registry.record_lost_attempt("generic", 1, "ran out")
+    assert registry.get("generic").status == Status.READY
