@@ -55,6 +55,10 @@ def new_model_id() -> str:
     return time.strftime("model_%Y%m%d-%H%M%S", time.gmtime()) + "_" + secrets.token_hex(6)
 
 
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
+
+
 class ModelService:
     def __init__(self, registry: ModelRegistry, store: ArtifactStore,
                  queue: TrainingQueue, predictor: Predictor,
@@ -145,8 +149,10 @@ class ModelService:
         try:
             records, after = self._registry.page(limit, token, STATUS_FILTERS.get(status))
         except InvalidPageToken:
-            raise InvalidRequest("next is not a token this service handed out; "
-                                 "start again without it") from None
+            raise InvalidRequest("next must be the previous page's next, a creation time "
+                                 "and a model id (2026-12-02T11:35:00Z.model_20261202-113500_"
+                                 "0123456789ab), not " + _shown(token) + "; start again "
+                                 "without it") from None
         return {"models": [r.public() for r in records], "next": after}
 
     def delete(self, model_id: str) -> None:
