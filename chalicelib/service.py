@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass
 
 from chalicelib.config import DEFAULT_MAX_UPLOAD_BYTES
-from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.csvdata import check_feature_text, parse_features, parse_training
 from chalicelib.expiry import remove_model
-from chalicelib.jsoninput import parse_instances
+from chalicelib.jsoninput import read_rows
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
@@ -211,7 +211,13 @@ class ModelService:
         """{"predictions": labels, "prediction_probability": array}; a warm
         container answers from its cache without calling AWS. With
         `answer_limit`, AnswerTooLarge before predicting when the answer's JSON
-        cannot fit in that many bytes."""
+        cannot fit in that many bytes. A body that is malformed whatever the
+        model (not the shape the OpenAPI document gives) is refused first
+        (CsvError), before the model's state is looked at."""
+        if as_json:
+            rows = read_rows(body)
+        else:
+            check_feature_text(body)
         model = self._predictor.fresh(model_id)
         if model is None:
             try:
@@ -223,5 +229,5 @@ class ModelService:
             model = self._predictor.load(model_id, embedded)
         if as_json:
             names = None if model.feature_names is None else model.feature_names.tolist()
-            return model.predict(parse_instances(body, model.n_features, names), answer_limit)
+            return model.predict(rows.matrix(model.n_features, names), answer_limit)
         return model.predict(parse_features(body, model.n_features), answer_limit)
