@@ -329,8 +329,8 @@ def _predict(operation_id: str, summary: str) -> dict:
                 "number of values than the model's n_features, CSV values that are not "
                 "numbers, records without a header model or without exactly its "
                 "feature_names, values too large for the model's arithmetic. A body that "
-                "is not of the documented shapes is refused so in every model state, "
-                "before the model is looked at (then an unknown model is 415, not 404)."),
+                "is not of the documented shapes is refused so in every state of an "
+                "existing model (a training model answers 200 to well-formed bodies only)."),
             **_EVERY_ROUTE,
         },
     }

@@ -194,11 +194,15 @@ class ModelService:
 
     def _ready_record(self, model_id: str) -> ModelRecord:
         record = self.record(model_id)
+        self._check_ready(record)
+        return record
+
+    @staticmethod
+    def _check_ready(record: ModelRecord) -> None:
         if record.status == Status.FAILED:
             raise ModelFailed(record.error or "unknown error")
         if record.status != Status.READY:
-            raise ModelTraining(model_id)
-        return record
+            raise ModelTraining(record.model_id)
 
     def record(self, model_id: str) -> ModelRecord:
         record = self._registry.get(model_id)
@@ -212,19 +216,20 @@ class ModelService:
         container answers from its cache without calling AWS. With
         `answer_limit`, AnswerTooLarge before predicting when the answer's JSON
         cannot fit in that many bytes. A body that is malformed whatever the
-        model (not the shape the OpenAPI document gives) is refused first
-        (CsvError), before the model's state is looked at."""
-        if as_json:
-            rows = read_rows(body)
-        else:
-            check_feature_text(body)
+        model (not the shape the OpenAPI document gives) is refused (CsvError)
+        once the model is known to exist, before its state is looked at: a
+        training model answers "Model is Training" to well-formed bodies only."""
         model = self._predictor.fresh(model_id)
+        record = None
         if model is None:
             try:
-                record = self._ready_record(model_id)
+                record = self.record(model_id)
             except ModelNotFound:
                 self._predictor.forget(model_id)
                 raise
+        rows = read_rows(body) if as_json else check_feature_text(body)
+        if model is None:
+            self._check_ready(record)
             embedded = None if record.serving is None else (record.serving, record.serving_hmac)
             model = self._predictor.load(model_id, embedded)
         if as_json:

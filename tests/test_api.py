@@ -134,7 +134,7 @@ def test_a_malformed_body_is_415_before_the_models_state_is_looked_at(client, he
                                                                       reason):
     """Malformed whatever the model (against the OpenAPI document's shapes):
     refused even while the model trains, where a well-formed body gets the
-    seed's 200 "Model is Training"."""
+    seed's 200 "Model is Training"; an unknown model stays the seed's 404."""
     model_id = _submit(client)["model_id"]
     first = PREDICT_CSV_REQUIRED if headers is CSV else \
         'Please post data in csv format, or as JSON {"instances": [[feature, ...], ...]}.'
@@ -143,9 +143,12 @@ def test_a_malformed_body_is_415_before_the_models_state_is_looked_at(client, he
                                        body=body)
         assert (response.status_code, response.body.decode().split("\n")) == \
             (415, [first, reason])
-    for headers, body in [(CSV, b"1,2"), (JSON, b'{"instances": [[1, 2]]}'),
-                          (JSON, b'{"records": [{"a": 1}]}')]:
-        response = client.http.get(f"/models/{model_id}", headers=headers, body=body)
+    # An unknown model is the seed's 404 whatever the body.
+    response = client.http.get("/models/model_nope", headers=headers, body=body)
+    assert (response.status_code, response.body.decode()) == (404, MODEL_NOT_FOUND)
+    for good_headers, good_body in [(CSV, b"1,2"), (JSON, b'{"instances": [[1, 2]]}'),
+                                    (JSON, b'{"records": [{"a": 1}]}')]:
+        response = client.http.get(f"/models/{model_id}", headers=good_headers, body=good_body)
         assert (response.status_code, response.json_body) == \
             (200, {"status": "Model is Training"})
 
