@@ -40,6 +40,7 @@ import pytest
 
 from chalicelib import openapi
 from chalicelib.queue import TrainingMessage
+from tests.reliability import record
 from tests.schemathesis_hooks import MODELS_VARIABLE
 from tests.stack import REPO, running_stack
 from tests.test_e2e import FAILED, HTTP_TIMEOUT, IRIS, READY, _create_queued_item, _train, \
@@ -57,10 +58,14 @@ RUN_TIMEOUT = 600  # seconds; a run takes about one minute on 2 cores
 
 
 @pytest.fixture(scope="module", params=EMULATORS)
-def stack(request, tmp_path_factory):
-    options = {} if request.param == "moto" else {"emulator": request.param}
-    with running_stack(tmp_path_factory.mktemp(f"devstack-{request.param}"),
-                       **options) as running:
+def emulator(request) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def stack(emulator, tmp_path_factory):
+    options = {} if emulator == "moto" else {"emulator": emulator}
+    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"), **options) as running:
         yield running
 
 
@@ -106,7 +111,8 @@ def _interactions(report: Path):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_schemathesis_with_every_check_and_phase_finds_nothing(stack, models, seed, tmp_path):
+def test_schemathesis_with_every_check_and_phase_finds_nothing(stack, emulator, models, seed,
+                                                               tmp_path):
     report = tmp_path / "events.ndjson"
     command = [str(Path(sys.executable).with_name("st")), "run", f"{stack.api}/openapi.json",
                "--checks", "all", "--phases", PHASES, "--max-examples", str(MAX_EXAMPLES),
@@ -144,3 +150,9 @@ def test_schemathesis_with_every_check_and_phase_finds_nothing(stack, models, se
     assert 200 in statuses(models["training"]), "no predict request reached the training model"
     assert any(label == "DELETE /models/{model_id}" and status == 204
                for _, label, _, _, status in answers), "no DELETE removed a model"
+    statuses_seen = collections.Counter(status for *_, status in answers)
+    record("API contract", f"schemathesis, seed {seed}",
+           f"st run --checks all --phases {PHASES} -n {MAX_EXAMPLES} on {emulator}: "
+           f"{', '.join(f'{phase} {count}' for phase, count in sorted(by_phase.items()))}",
+           len(answers), f"no failure; answers {dict(sorted(statuses_seen.items()))}; "
+                          f"{took:.0f} s")
