@@ -30,7 +30,9 @@ INSTALLED = VENV / ".installed"  # written by `make localstack-venv` when it suc
 # lazily and are never called.
 SERVICES = ("s3", "sqs", "dynamodb")
 DYNAMODB_PROVIDER = "mlapi_moto"  # devstack/localstack_plugins: moto, serialized
-STOP_GRACE_SECONDS = 5.0  # SIGTERM, then SIGKILL: it sometimes ignores SIGTERM
+STOP_GRACE_SECONDS = 3.0  # SIGTERM, then SIGKILL: once it has served requests it
+# stayed in "Stopping all services" on every try here (its state is in memory:
+# nothing is lost by killing it)
 
 
 def installed() -> bool:
@@ -70,6 +72,9 @@ def environment(host: str, port: int, state_dir: Path) -> dict[str, str]:
         "DISABLE_EVENTS": "1",  # no usage reports
         "SKIP_SSL_CERT_DOWNLOAD": "1",  # nothing fetched at start
         "SERVICES": ",".join(SERVICES),
+        # Loaded at start, so that "ready" means ready (S3 alone takes seconds
+        # to load, on the first request otherwise).
+        "EAGER_SERVICE_LOADING": "1",
         "PROVIDER_OVERRIDE_DYNAMODB": DYNAMODB_PROVIDER,
         # Presigned URLs and forms are checked against their signatures, as S3 does.
         "S3_SKIP_SIGNATURE_VALIDATION": "0",
