@@ -22,7 +22,7 @@ running_stack(log_dir, *, env=None, visibility_timeout=5, extra_args=(), emulato
     dummy AWS credentials, then `env` on top (e.g. REQUIRE_API_KEY=true,
     API_KEYS=k1,k2, MODEL_RECHECK_SECONDS=1, MODEL_SIGNING_KEY=...). Without
     MODEL_SIGNING_KEY the stack signs with the checkout's .devstack/signing.key;
-  - waits (STARTUP_TIMEOUT s at most) until the API answers any HTTP request,
+  - waits (STARTUP_TIMEOUT s at most, LOCALSTACK_STARTUP_TIMEOUT on LocalStack) until the API answers any HTTP request,
     failing the test (with the stack's output) if it exits or never answers;
   - yields a Stack: api and endpoint URLs, the ports, log_dir, process,
     http (a requests.Session that ignores proxies), boto3 clients on the
@@ -62,6 +62,9 @@ REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
 REGION = "us-east-1"
 STARTUP_TIMEOUT = 60
+# LocalStack loads its services before it is healthy: 11 to 13.5 s on a
+# loaded 2-core machine, against moto's second or two.
+LOCALSTACK_STARTUP_TIMEOUT = 120
 SHUTDOWN_TIMEOUT = 20
 TRAINING_TIMEOUT = 60
 HTTP_TIMEOUT = 30  # no request may hang the suite
@@ -292,7 +295,9 @@ def running_stack(log_dir: Path, *, env: Mapping[str, str] | None = None,
         emulator=emulator,
     )
     try:
-        wait_until_answering(http, api, process, stack.output)
+        wait_until_answering(http, api, process, stack.output,
+                             timeout=LOCALSTACK_STARTUP_TIMEOUT if emulator == "localstack"
+                             else STARTUP_TIMEOUT)
     except BaseException:
         http.close()
         stop_stack(process, ports)  # clean up only; the failure above is the news
