@@ -25,16 +25,21 @@ $(STAMP): requirements.txt requirements-dev.txt $(wildcard pyproject.toml) $(wil
 # their own (never shipped): `EMULATOR=localstack make run` and the tests'
 # LocalStack pass use it. docs/localstack.md.
 LS_VENV := .venv-localstack
+LS_BASE := $(LS_VENV)/.runtime-installed
 LS_STAMP := $(LS_VENV)/.installed
 
 localstack-venv: $(LS_STAMP)
 
-$(LS_STAMP): devstack/localstack-requirements.txt $(wildcard devstack/localstack_plugins/pyproject.toml) $(wildcard devstack/localstack_plugins/mlapi_localstack/*.py) devstack/find-python.sh
+$(LS_BASE): devstack/localstack-requirements.txt devstack/find-python.sh
 	@if [ -z "$(PYTHON)" ]; then \
 	  echo "error: no Python 3.13 found for LocalStack's venv; make PYTHON=/path/to/python3.13 localstack-venv" >&2; exit 1; fi
 	$(PYTHON) -m venv --clear $(LS_VENV)
 	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check -r devstack/localstack-requirements.txt
-	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation ./devstack/localstack_plugins
+	touch $(LS_BASE)
+
+# Our plugin alone is reinstalled when it changes (seconds, not minutes).
+$(LS_STAMP): $(LS_BASE) devstack/localstack_plugins/pyproject.toml $(wildcard devstack/localstack_plugins/mlapi_localstack/*.py)
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./devstack/localstack_plugins
 	touch $(LS_STAMP)
 
 # EMULATOR=localstack runs LocalStack instead of moto's server (EMULATOR_PORT moves it).

@@ -508,9 +508,11 @@ def test_concurrent_clients_get_no_errors_and_every_model_trains(stack, iris):
     assert None not in model_ids
     final = [_wait_for_training(stack, model_id)["status"] for model_id in model_ids]
     assert final == [READY] * len(model_ids)
-    record("Load", "Concurrent clients (small, in CI)",
+    emulator = {"moto": "moto's server", "localstack": "LocalStack"}[stack.emulator]
+    record("Load", f"Concurrent clients (small, in CI), on {emulator}",
            f"{clients} clients at once, each {predictions} predictions with "
-           f"{trainings} training interleaved, over keep-alive HTTP to the local stack",
+           f"{trainings} training interleaved, over keep-alive HTTP to the local stack "
+           f"on {emulator}",
            len(statuses), f"{statuses.count(202)} x 202 and {statuses.count(201)} x 201 in "
            f"{elapsed:.1f} s, no errors; all {len(model_ids)} models reached \"{final[0]}\"; "
            "the bounded 5,000-request load test is in BENCHMARKS.md")
