@@ -6,7 +6,7 @@ full strength: what a new user gets from
 
 run from the checkout (so with its schemathesis.toml, which says why the one
 configured check is configured), for two seeds, on a local stack of this
-module's own (tests/stack.py's running_stack; the emulator is a parameter).
+module's own (tests/stack.py's running_stack, on each emulator of tests/conftest.py).
 
 - every check: no 5xx; statuses, content types, headers and bodies as the
   document lists them; schema-valid requests accepted and schema-violating ones
@@ -46,26 +46,23 @@ from tests.stack import REPO, running_stack
 from tests.test_e2e import FAILED, HTTP_TIMEOUT, IRIS, READY, _create_queued_item, _train, \
     _wait_for_training
 
-pytestmark = pytest.mark.e2e
+# On moto's server for now: not yet run on LocalStack (it became an emulator
+# as this was finished). To run it on both, as the other e2e tests do (the
+# `emulator` fixture of tests/conftest.py), drop moto_only here.
+pytestmark = [pytest.mark.e2e,
+              pytest.mark.moto_only("schemathesis on LocalStack not yet run; about 4 min "
+                                    "a run for two seeds")]
 
-# The emulators the stack runs on; LocalStack joins here once running_stack
-# takes emulator=... (tests/stack.py).
-EMULATORS = ["moto"]
 SEEDS = [int(seed) for seed in os.environ.get("SCHEMATHESIS_SEEDS", "20261202,17").split(",")]
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "60"))
 PHASES = "examples,coverage,fuzzing,stateful"
 RUN_TIMEOUT = 600  # seconds; a run takes about one minute on 2 cores
 
 
-@pytest.fixture(scope="module", params=EMULATORS)
-def emulator(request) -> str:
-    return request.param
-
-
 @pytest.fixture(scope="module")
 def stack(emulator, tmp_path_factory):
-    options = {} if emulator == "moto" else {"emulator": emulator}
-    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"), **options) as running:
+    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"),
+                       emulator=emulator) as running:
         yield running
 
 
