@@ -23,7 +23,8 @@ class JsonRows:
     records: objects of finite numbers), checked; what depends on the model
     (how many features, their names) is checked by matrix()."""
 
-    def __init__(self, instances: tuple[array, list[int]] | None, records: list | None):
+    def __init__(self, instances: tuple[array, int, int, tuple[int, int] | None] | None,
+                 records: list | None):
         self._instances = instances
         self._records = records
 
@@ -33,12 +34,14 @@ class JsonRows:
                 raise CsvError("records (rows by feature name) need a model trained with a "
                                f"header row (?header=true), and this model has none; send {SHAPE}")
             return _record_matrix(self._records, feature_names)
-        values, widths = self._instances
-        for number, width in enumerate(widths, start=1):
+        values, rows, first_width, other = self._instances
+        # Every row must have the model's width: the first row's, then the first
+        # row of another width (if any) are the ones that can be wrong.
+        for number, width in [(1, first_width), *([other] if other else [])]:
             if width != n_features:
                 raise CsvError(f"instance {number} has {width} values, but the model "
                                f"expects {n_features} features")
-        return np.frombuffer(values, dtype=np.float64).reshape(len(widths), n_features)
+        return np.frombuffer(values, dtype=np.float64).reshape(rows, n_features)
 
 
 def read_rows(body: bytes) -> JsonRows:
@@ -73,10 +76,11 @@ def _check_number(value, where: str) -> None:
         raise CsvError(f"{where}: {value!r} is not a finite number")
 
 
-def _instance_values(instances: list) -> tuple[array, list[int]]:
-    # Straight into one buffer of doubles (8 bytes a value) as the rows are
-    # checked, next to the parsed document rather than a second copy of it.
-    values, widths = array("d"), []
+def _instance_values(instances: list) -> tuple[array, int, int, tuple[int, int] | None]:
+    """The values (straight into one buffer of doubles, 8 bytes a value, next to
+    the parsed document rather than a second copy of it), the number of rows,
+    the first row's width and the first row of another width (number, width)."""
+    values, first_width, other = array("d"), 0, None
     for row_number, row in enumerate(instances, start=1):
         if not isinstance(row, list):
             raise CsvError(f"instance {row_number} is not a list of numbers")
@@ -90,8 +94,11 @@ def _instance_values(instances: list) -> tuple[array, list[int]]:
         except OverflowError:  # integers beyond float64
             raise CsvError(f"instance {row_number} holds a number too large for 64-bit "
                            "floats") from None
-        widths.append(len(row))
-    return values, widths
+        if row_number == 1:
+            first_width = len(row)
+        elif other is None and len(row) != first_width:
+            other = (row_number, len(row))
+    return values, len(instances), first_width, other
 
 
 def _record_matrix(records: list[dict], names: list[str]) -> np.ndarray:

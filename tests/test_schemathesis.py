@@ -6,7 +6,7 @@ full strength: what a new user gets from
 
 run from the checkout (so with its schemathesis.toml, which says why the one
 configured check is configured), for two seeds, on a local stack of this
-module's own (tests/stack.py's running_stack), once per emulator (--emulator).
+module's own (tests/stack.py's running_stack, on each emulator of tests/conftest.py).
 
 - every check: no 5xx; statuses, content types, headers and bodies as the
   document lists them; schema-valid requests accepted and schema-violating ones
@@ -46,6 +46,7 @@ from tests.stack import REPO, running_stack
 from tests.test_e2e import FAILED, HTTP_TIMEOUT, IRIS, READY, _create_queued_item, _train, \
     _wait_for_training
 
+# Runs on each emulator of --emulator (tests/conftest.py): moto's server and LocalStack.
 pytestmark = pytest.mark.e2e
 
 SEEDS = [int(seed) for seed in os.environ.get("SCHEMATHESIS_SEEDS", "20261202,17").split(",")]
@@ -54,10 +55,10 @@ PHASES = "examples,coverage,fuzzing,stateful"
 RUN_TIMEOUT = 600  # seconds; a run takes about one minute on 2 cores
 
 
-# `emulator` is parametrized by --emulator (tests/conftest.py): moto's server and LocalStack.
 @pytest.fixture(scope="module")
 def stack(emulator, tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"), emulator=emulator) as running:
+    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"),
+                       emulator=emulator) as running:
         yield running
 
 
