@@ -450,7 +450,7 @@ class BatchRunner:
 
     def __init__(self, table: BatchTable, store: ArtifactStore, registry: ModelRegistry,
                  predictor: Predictor, queue: BatchQueue, lease_seconds: float,
-                 max_receives: int, handoff_seconds: float = HANDOFF_SECONDS):
+                 max_receives: int, handoff_seconds: float | None = None):
         self._table = table
         self._store = store
         self._registry = registry
@@ -541,7 +541,7 @@ class BatchRunner:
                         continue
                     if not pending_bytes:
                         break  # nothing after the last part but blank lines
-                    etag = self._store.upload_part(batch.result_key, batch.multipart_id,
+                    etag = self._store.put_part(batch.result_key, batch.multipart_id,
                                                    len(etags) + 1, b"".join(pending))
                     pending, pending_bytes = [], 0
                     if not self._table.record_part(batch.batch_id, owner, len(etags), etag,
@@ -554,7 +554,9 @@ class BatchRunner:
                     if last:
                         break
                     self._model(batch.model_id)  # deleted or expired meanwhile: stop
-                    if remaining() < self._handoff_seconds:
+                    handoff = (HANDOFF_SECONDS if self._handoff_seconds is None
+                               else self._handoff_seconds)
+                    if remaining() < handoff:
                         return self._hand_off(batch, owner, ids)
             finally:
                 stream.close()

@@ -164,7 +164,7 @@ class ArtifactStore:
         return self._s3.create_multipart_upload(Bucket=self._bucket, Key=key,
                                                 ContentType="text/csv")["UploadId"]
 
-    def upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+    def put_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
         """Stores part `number` (1-based); returns its ETag. Uploading a number
         again replaces that part."""
         return self._s3.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
