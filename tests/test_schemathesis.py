@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import collections
 import os
+import time
 
 import hypothesis.strategies as st
 import pytest
@@ -99,12 +100,39 @@ schema = schemathesis.openapi.from_dict(openapi.document(), config=schemathesis.
 }))
 
 
+# The same for batches: one that is Done, one to delete.
+REAL_BATCH, REAL_BATCH_FOR_DELETE = {"REAL-batch": "done"}, {"REAL-batch_to_delete": "to_delete"}
+
+
 @schema.hook
 def before_generate_path_parameters(context, strategy):
     """Some generated ids name real models; DELETE gets a model of its own, so
     that the others are still there for the operations that follow."""
-    real = REAL_FOR_DELETE if context.operation.method.upper() == "DELETE" else REAL
+    deleting = context.operation.method.upper() == "DELETE"
+    if "{batch_id}" in context.operation.path:
+        real = REAL_BATCH_FOR_DELETE if deleting else REAL_BATCH
+        return st.one_of(strategy,
+                         st.sampled_from(sorted(real)).map(lambda id_: {"batch_id": id_}))
+    real = REAL_FOR_DELETE if deleting else REAL
     return st.one_of(strategy, st.sampled_from(sorted(real)).map(lambda id_: {"model_id": id_}))
+
+
+@pytest.fixture(scope="module")
+def batches(stack, models) -> dict[str, str]:
+    """A batch of the ready model run to Done, and one to delete."""
+    ids = {}
+    for name in ("done", "to_delete"):
+        answer = stack.http.post(f"{stack.api}/models/{models['ready']}/batches",
+                                 data=b"6.9,3.1,5.1,2.3\n", headers={"Content-Type": "text/csv"},
+                                 timeout=HTTP_TIMEOUT)
+        assert answer.status_code == 202, answer.text
+        ids[name] = answer.json()["batch_id"]
+    for _ in range(600):
+        if stack.http.get(f"{stack.api}/batches/{ids['done']}",
+                          timeout=HTTP_TIMEOUT).json()["status"] == "Done":
+            return ids
+        time.sleep(0.1)
+    pytest.fail(f"batch {ids['done']} not Done after 60 s\n{stack.output()}", pytrace=False)
 
 
 # Feature rows for the ready model (iris: 4 features), so that predictions
@@ -145,11 +173,15 @@ def served_document(stack, models):
 @schema.parametrize()
 @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
           suppress_health_check=list(HealthCheck))
-def test_the_running_api_answers_as_its_openapi_document_says(case, stack, models,
+def test_the_running_api_answers_as_its_openapi_document_says(case, stack, models, batches,
                                                               served_document):
     model_id = (case.path_parameters or {}).get("model_id")
     if model_id in REAL or model_id in REAL_FOR_DELETE:
         case.path_parameters["model_id"] = models[{**REAL, **REAL_FOR_DELETE}[model_id]]
+    batch_id = (case.path_parameters or {}).get("batch_id")
+    if batch_id in REAL_BATCH or batch_id in REAL_BATCH_FOR_DELETE:
+        case.path_parameters["batch_id"] = batches[{**REAL_BATCH,
+                                                    **REAL_BATCH_FOR_DELETE}[batch_id]]
     response = case.call(base_url=stack.api, session=stack.http, timeout=HTTP_TIMEOUT)
     ANSWERS[f"{case.method} {case.path}"][response.status_code] += 1
     case.validate_response(response, checks=CHECKS)
