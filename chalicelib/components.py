@@ -63,8 +63,11 @@ def batches() -> BatchService:
 
 @functools.cache
 def batch_runner() -> BatchRunner:
-    return BatchRunner(batch_table(), store(), registry(),
-                       Predictor(store(), 4, settings().model_recheck_seconds),
+    # Its own S3 client: completing the results' multipart upload may take minutes.
+    batch_store = ArtifactStore(aws.slow_client("s3"), settings().bucket,
+                                ArtifactSigner.from_env(lambda: aws.client("ssm")))
+    return BatchRunner(batch_table(), batch_store, registry(),
+                       Predictor(batch_store, 4, settings().model_recheck_seconds),
                        BatchQueue(aws.client("sqs"), settings().batch_queue),
                        settings().batch_lease_seconds, settings().max_receives)
 
@@ -87,5 +90,5 @@ def reset() -> None:
     """Forgets every built component (tests switch endpoints between cases)."""
     for getter in (settings, registry, store, api_keys, service, trainer, sweeper,
                    batch_table, batches, batch_runner,
-                   aws.client, aws._session):
+                   aws.client, aws.slow_client, aws._session):
         getter.cache_clear()

@@ -106,7 +106,8 @@ def test_an_uploaded_batch_in_several_parts_resumes_without_duplicates(aws, clie
                               body=json.dumps({"upload_id": upload["upload_id"]}))
     assert answer.status_code == 202
     batch_id = answer.json_body["batch_id"]
-    real = components.store().put_part
+    runner_store = components.batch_runner()._store
+    real = runner_store.put_part
     calls = []
 
     def dies_after_two(*args):
@@ -116,7 +117,7 @@ def test_an_uploaded_batch_in_several_parts_resumes_without_duplicates(aws, clie
             raise KeyboardInterrupt("killed")  # not an Exception: nothing is recorded
         return real(*args)
 
-    monkeypatch.setattr(components.store(), "put_part", dies_after_two)
+    monkeypatch.setattr(runner_store, "put_part", dies_after_two)
     with pytest.raises(KeyboardInterrupt):
         _run_queued(aws)
     item = components.batch_table().get(batch_id)
@@ -126,7 +127,7 @@ def test_an_uploaded_batch_in_several_parts_resumes_without_duplicates(aws, clie
     aws.client("dynamodb").update_item(
         TableName=components.settings().batches_table, Key={"batch_id": {"S": batch_id}},
         UpdateExpression="SET lease_expires = :zero", ExpressionAttributeValues={":zero": {"N": "0"}})
-    monkeypatch.setattr(components.store(), "put_part", real)
+    monkeypatch.setattr(runner_store, "put_part", real)
     sqs = aws.client("sqs")
     url = sqs.get_queue_url(QueueName=components.settings().batch_queue)["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody=BatchMessage(batch_id, model_id).to_json())

@@ -375,6 +375,7 @@ def drive():
         for name, value in environment.items():
             patch.setenv(name, value)
         patch.setattr(aws, "client", recording_client)
+        patch.setattr(aws, "slow_client", recording_client)
         components.reset()
         session = boto3.session.Session()
         bootstrap.bootstrap(session, Settings.from_env(), visibility_timeout=30)
