@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= $(shell devstack/find-python.sh)
 STAMP := $(VENV)/.installed
 
-.PHONY: run test venv bootstrap clean layer publish-layer secrets deploy package teardown bench
+.PHONY: run test venv localstack-venv bootstrap clean layer publish-layer secrets deploy package teardown bench
 
 venv: $(STAMP)
 
@@ -21,10 +21,33 @@ $(STAMP): requirements.txt requirements-dev.txt $(wildcard pyproject.toml) $(wil
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-run: venv
+# LocalStack's core runtime and our DynamoDB provider plugin, in a venv of
+# their own (never shipped): `EMULATOR=localstack make run` and the tests'
+# LocalStack pass use it. docs/localstack.md.
+LS_VENV := .venv-localstack
+LS_BASE := $(LS_VENV)/.runtime-installed
+LS_STAMP := $(LS_VENV)/.installed
+
+localstack-venv: $(LS_STAMP)
+
+$(LS_BASE): devstack/localstack-requirements.txt devstack/find-python.sh
+	@if [ -z "$(PYTHON)" ]; then \
+	  echo "error: no Python 3.13 found for LocalStack's venv; make PYTHON=/path/to/python3.13 localstack-venv" >&2; exit 1; fi
+	$(PYTHON) -m venv --clear $(LS_VENV)
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check -r devstack/localstack-requirements.txt
+	touch $(LS_BASE)
+
+# Our plugin alone is reinstalled when it changes (seconds, not minutes).
+$(LS_STAMP): $(LS_BASE) devstack/localstack_plugins/pyproject.toml $(wildcard devstack/localstack_plugins/mlapi_localstack/*.py)
+	$(LS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps --no-build-isolation --force-reinstall ./devstack/localstack_plugins
+	touch $(LS_STAMP)
+
+# EMULATOR=localstack runs LocalStack instead of moto's server (EMULATOR_PORT moves it).
+run: venv $(if $(filter localstack,$(EMULATOR)),localstack-venv,)
 	$(PY) -m devstack.run
 
-test: venv
+# Both emulators: the end-to-end tests run against moto's server and LocalStack.
+test: venv localstack-venv
 	$(PY) -m pytest
 
 # Benchmarks (bench/, local only): writes BENCHMARKS.md and prints it. A few minutes.
@@ -72,4 +95,4 @@ teardown: venv
 	$(PY) -m devstack.bootstrap --stage $(STAGE) --delete
 
 clean:
-	rm -rf $(VENV) .devstack .pytest_cache
+	rm -rf $(VENV) $(LS_VENV) .devstack .pytest_cache

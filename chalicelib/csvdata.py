@@ -15,6 +15,7 @@ import csv
 import io
 import json
 import math
+import re
 import warnings
 from array import array
 from dataclasses import dataclass
@@ -485,6 +486,26 @@ def _check_scalable(features: np.ndarray) -> None:
 # csv module on 150k rows); any row it cannot take sends the body through the
 # precise parser below, which decides and explains.
 _FAST_PARSE_BYTES = 4096
+
+
+# A value: anything but whitespace (Python's or JavaScript's idea of it: the
+# BOM), commas and line breaks. The OpenAPI document's pattern for feature rows.
+FEATURE_ROWS_PATTERN = "[^\\s,\ufeff]"
+_VALUE = re.compile(FEATURE_ROWS_PATTERN)
+
+
+def check_feature_text(body: bytes) -> None:
+    """What feature rows need whatever the model: UTF-8 text without NUL
+    bytes, holding at least one value; CsvError otherwise. Checked before the
+    model's state, so a malformed body is refused in every state."""
+    try:
+        text = body.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise CsvError(f"the body is not UTF-8 text (byte {error.start} is invalid)") from None
+    if not _VALUE.search(text):
+        raise CsvError("the body is empty")
+    if "\x00" in text:
+        raise CsvError("the body contains a NUL byte; it is not CSV text")
 
 
 def parse_features(body: bytes, n_features: int) -> np.ndarray:

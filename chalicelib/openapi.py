@@ -22,6 +22,16 @@ OPENAPI_VERSION = "3.1.0"
 _MODEL_ID_SHAPE = "^[A-Za-z0-9_-]{1,64}$"
 _UPLOAD_ID_SHAPE = "^upload_[0-9a-f]{24}$"
 _ISO_SECOND = "^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$"
+# Where the previous page stopped: "<created_at>.<model_id>" (registry.PAGE_TOKEN_SHAPE);
+# empty is the first page. Every token of this shape is accepted.
+_PAGE_TOKEN_SHAPE = ("^([0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z"
+                     "\\.[A-Za-z0-9_-]{1,64})?$")
+# CSV text holds at least one value: a character that is not whitespace, a
+# comma or a BOM (csvdata.FEATURE_ROWS_PATTERN); blank bodies are refused.
+_CSV_TEXT = {"type": "string", "minLength": 1, "pattern": "[^\\s,\ufeff]"}
+# JSON numbers that are 64-bit floats (larger ones are refused as not JSON).
+_FEATURE_VALUE = {"type": "number", "minimum": -1.7976931348623157e308,
+                  "maximum": 1.7976931348623157e308}
 
 
 def _text(description: str, **extra: Any) -> dict:
@@ -216,19 +226,21 @@ _SCHEMAS: dict[str, dict] = {
                 "type": "array", "minItems": 1,
                 "description": "Feature rows, each with as many numbers as the model "
                                "has features.",
-                "items": {"type": "array", "minItems": 1, "items": {"type": "number"}},
+                "items": {"type": "array", "minItems": 1, "items": _FEATURE_VALUE},
             },
         },
     },
     "Records": {
         "description": "For a model trained with header=true: rows by feature name, "
-                       "each with exactly the model's feature_names.",
+                       "each with exactly the model's feature_names. (With instances "
+                       "too, instances are read.)",
         "type": "object",
         "required": ["records"],
+        "not": {"required": ["instances"]},
         "properties": {
             "records": {
                 "type": "array", "minItems": 1,
-                "items": {"type": "object", "additionalProperties": {"type": "number"}},
+                "items": {"type": "object", "additionalProperties": _FEATURE_VALUE},
             },
         },
     },
@@ -284,7 +296,7 @@ _PREDICT_BODY = {
     "required": True,
     "description": "Feature rows (no label), as CSV (no header row) or as JSON.",
     "content": {
-        "text/csv": {"schema": {"type": "string"}, "example": "6.9,3.1,5.1,2.3\n"},
+        "text/csv": {"schema": _CSV_TEXT, "example": "6.9,3.1,5.1,2.3\n"},
         "application/json": {"schema": {"anyOf": [_schema("Instances"), _schema("Records")]},
                              "example": {"instances": [[6.9, 3.1, 5.1, 2.3]]}},
     },
@@ -310,8 +322,15 @@ def _predict(operation_id: str, summary: str) -> dict:
             "404": _response("NotFound"),
             "409": _UNUSABLE_MODEL,
             "413": _response("TooLarge"),
-            "415": _text("'Please post data in csv format.' (for JSON, a sentence naming the "
-                         "shapes it takes), then on a second line what is wrong with the rows."),
+            "415": _text(
+                "'Please post data in csv format.' (for JSON, a sentence naming the shapes it "
+                "takes), then on a second line what is wrong with the rows. Also for bodies "
+                "of the documented shapes that this model cannot take: rows with another "
+                "number of values than the model's n_features, CSV values that are not "
+                "numbers, records without a header model or without exactly its "
+                "feature_names, values too large for the model's arithmetic. A body that "
+                "is not of the documented shapes is refused so in every state of an "
+                "existing model (a training model answers 200 to well-formed bodies only)."),
             **_EVERY_ROUTE,
         },
     }
@@ -329,6 +348,22 @@ def _status(operation_id: str, summary: str) -> dict:
     }
 
 
+# What a client does next with the model POST /models answered with (also
+# how schemathesis' stateful phase chains requests).
+_MODEL_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"model_id": "$response.body#/model_id"},
+           "description": description}
+    for name, operation_id, description in [
+        ("GetModelStatus", "getModelStatus", "Poll the status until it is not training."),
+        ("CheckModelStatus", "checkModelStatus", "The same, with POST."),
+        ("Predict", "predict", "Predict, once ready."),
+        ("PredictWithPost", "predictWithPost", "Predict with POST, once ready."),
+        ("GetModelArtifact", "getModelArtifact", "Download the fitted pipeline, once ready."),
+        ("DeleteModel", "deleteModel", "Remove the model."),
+    ]
+}
+
+
 _PATHS: dict[str, dict] = {
     "/models": {
         "post": {
@@ -341,19 +376,23 @@ _PATHS: dict[str, dict] = {
                                "row unless header=true. Or, for a dataset sent to the form "
                                "of POST /uploads, the upload's id as JSON: it is checked when it "
                                "is trained, and problems end in \"Training Failed\".",
-                "content": {"text/csv": {"schema": {"type": "string"},
-                                         "example": _TRAINING_CSV},
+                "content": {"text/csv": {"schema": _CSV_TEXT, "example": _TRAINING_CSV},
                             "application/json": {"schema": _schema("UploadReference")}},
             },
             "responses": {
-                "201": _json("Training has started; poll /check_model_status/{model_id}.",
-                             _schema("TrainingStarted")),
+                "201": {**_json("Training has started; poll /check_model_status/{model_id}.",
+                                _schema("TrainingStarted")),
+                        "links": _MODEL_LINKS},
                 "400": _text("Names the bad or unknown query parameter, or the upload_id "
                              "that POST /uploads did not hand out."),
                 "413": _response("TooLarge"),
                 "415": _text("Please post data in csv format, and make sure the label column "
                              "is the last column in the csv. (then, on a second line, what is "
-                             "wrong with the CSV)"),
+                             "wrong with the CSV). Also for CSV text the schema cannot "
+                             "describe: values that are not numbers, rows of different "
+                             "lengths, fewer than two classes or more than the class cap, a "
+                             "header row without header=true (or none with it); and for a "
+                             "JSON body other than {\"upload_id\": ...}."),
                 **_EVERY_ROUTE,
             },
         },
@@ -365,8 +404,10 @@ _PATHS: dict[str, dict] = {
                        "Only models in this state."),
                 _query("limit", {"type": "integer", "minimum": 1, "maximum": 100, "default": 20},
                        "Models looked at for this page (a filtered page may hold fewer)."),
-                _query("next", {"type": "string"},
-                       "The token of the page to fetch, from the previous page's next."),
+                _query("next", {"type": "string", "pattern": _PAGE_TOKEN_SHAPE},
+                       "The previous page's next: where it stopped, the creation time and "
+                       "id of its last model. Any token of this shape is a position: the "
+                       "page lists the models created before it. Empty: the first page."),
             ],
             "responses": {
                 "200": _json("One page; follow next until it is null.", _schema("ModelPage")),

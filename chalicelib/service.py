@@ -11,9 +11,9 @@ import uuid
 from dataclasses import dataclass
 
 from chalicelib.config import DEFAULT_MAX_UPLOAD_BYTES
-from chalicelib.csvdata import parse_features, parse_training
+from chalicelib.csvdata import check_feature_text, parse_features, parse_training
 from chalicelib.expiry import remove_model
-from chalicelib.jsoninput import parse_instances
+from chalicelib.jsoninput import read_rows
 from chalicelib.logs import log
 from chalicelib.queue import TrainingMessage, TrainingQueue
 from chalicelib.registry import (STATUS_FILTERS, InvalidPageToken, ModelRecord, ModelRegistry,
@@ -53,6 +53,10 @@ class Submission:
 def new_model_id() -> str:
     # Readable like the seed's ids, unique thanks to 48 random bits.
     return time.strftime("model_%Y%m%d-%H%M%S", time.gmtime()) + "_" + secrets.token_hex(6)
+
+
+def _shown(text: str) -> str:
+    return repr(text if len(text) <= 80 else text[:77] + "...")
 
 
 class ModelService:
@@ -146,8 +150,10 @@ class ModelService:
         try:
             records, after = self._registry.page(limit, token, STATUS_FILTERS.get(status))
         except InvalidPageToken:
-            raise InvalidRequest("next is not a token this service handed out; "
-                                 "start again without it") from None
+            raise InvalidRequest("next must be the previous page's next, a creation time "
+                                 "and a model id (2026-12-02T11:35:00Z.model_20261202-113500_"
+                                 "0123456789ab), not " + _shown(token) + "; start again "
+                                 "without it") from None
         return {"models": [r.public() for r in records], "next": after}
 
     def delete(self, model_id: str) -> None:
@@ -190,11 +196,15 @@ class ModelService:
 
     def _ready_record(self, model_id: str) -> ModelRecord:
         record = self.record(model_id)
+        self._check_ready(record)
+        return record
+
+    @staticmethod
+    def _check_ready(record: ModelRecord) -> None:
         if record.status == Status.FAILED:
             raise ModelFailed(record.error or "unknown error")
         if record.status != Status.READY:
-            raise ModelTraining(model_id)
-        return record
+            raise ModelTraining(record.model_id)
 
     def record(self, model_id: str) -> ModelRecord:
         record = self._registry.get(model_id)
@@ -207,17 +217,24 @@ class ModelService:
         """{"predictions": labels, "prediction_probability": array}; a warm
         container answers from its cache without calling AWS. With
         `answer_limit`, AnswerTooLarge before predicting when the answer's JSON
-        cannot fit in that many bytes."""
+        cannot fit in that many bytes. A body that is malformed whatever the
+        model (not the shape the OpenAPI document gives) is refused (CsvError)
+        once the model is known to exist, before its state is looked at: a
+        training model answers "Model is Training" to well-formed bodies only."""
         model = self._predictor.fresh(model_id)
+        record = None
         if model is None:
             try:
-                record = self._ready_record(model_id)
+                record = self.record(model_id)
             except ModelNotFound:
                 self._predictor.forget(model_id)
                 raise
+        rows = read_rows(body) if as_json else check_feature_text(body)
+        if model is None:
+            self._check_ready(record)
             embedded = None if record.serving is None else (record.serving, record.serving_hmac)
             model = self._predictor.load(model_id, embedded)
         if as_json:
             names = None if model.feature_names is None else model.feature_names.tolist()
-            return model.predict(parse_instances(body, model.n_features, names), answer_limit)
+            return model.predict(rows.matrix(model.n_features, names), answer_limit)
         return model.predict(parse_features(body, model.n_features), answer_limit)

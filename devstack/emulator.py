@@ -1,7 +1,13 @@
-"""The embedded AWS emulator: moto's server on 127.0.0.1, as its own process so
-restarting the API keeps the models. Its state lives in memory.
+"""The local AWS emulator, as its own process so restarting the API keeps the
+models; its state lives in memory. Two kinds, started and stopped through one
+interface (Emulator) so that devstack.run treats them alike:
 
-    python -m devstack.emulator [--port 4566]
+- "moto" (the default): moto's server, patched where our code relies on AWS's
+  behaviour (devstack.moto_server);
+- "localstack": LocalStack's core runtime without Docker, with DynamoDB from
+  our moto-backed provider (devstack.localstack, docs/localstack.md).
+
+    python -m devstack.emulator [--port 4566]     # moto's server alone
 """
 from __future__ import annotations
 
@@ -11,9 +17,13 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
 
 from devstack import stage
-from devstack.ports import answers
+from devstack.ports import answers, stop_process
+
+KINDS = ("moto", "localstack")
 
 
 def describe(endpoint: str) -> str:
@@ -46,6 +56,56 @@ def start_moto(host: str, port: int, log_path: str = os.devnull,
         time.sleep(0.1)
     process.kill()
     raise RuntimeError(f"moto server did not answer on {host}:{port} within {timeout:.0f} s")
+
+
+def kind_from_env(default: str = "moto") -> str:
+    """EMULATOR's value (moto or localstack), or `default` when it is unset."""
+    kind = os.environ.get("EMULATOR", "").strip().lower() or default
+    if kind not in KINDS:
+        raise SystemExit(f"EMULATOR={kind!r} is not an emulator this stack runs; "
+                         f"expected one of: {', '.join(KINDS)}")
+    return kind
+
+
+@dataclass(frozen=True)
+class Emulator:
+    """One emulator this stack starts on host:port, logging under log_dir."""
+    kind: str  # one of KINDS
+    host: str
+    port: int
+    log_dir: Path
+
+    @property
+    def endpoint(self) -> str:
+        # An IP address, never "localhost": botocore turns the app's
+        # virtual-hosted S3 addressing into path-style only for an IP.
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def title(self) -> str:
+        return "moto server" if self.kind == "moto" else "LocalStack"
+
+    @property
+    def log_path(self) -> Path:
+        return self.log_dir / ("moto.log" if self.kind == "moto" else "localstack.log")
+
+    def start(self) -> subprocess.Popen:
+        """Starts it and returns once it serves S3, SQS and DynamoDB."""
+        if self.kind == "moto":
+            return start_moto(self.host, self.port, str(self.log_path))
+        from devstack import localstack
+
+        return localstack.start(self.host, self.port, self.log_path,
+                                self.log_dir / "localstack")
+
+    def stop(self, process: subprocess.Popen) -> None:
+        """Stops it, escalating to SIGKILL if it does not go."""
+        if self.kind == "moto":
+            stop_process(process)
+        else:
+            from devstack import localstack
+
+            localstack.stop(process)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,10 @@
 """`make run`: the whole stack on this machine.
 
-Starts moto's server on 127.0.0.1:4566 (or uses whatever AWS emulator already
-answers there, e.g. LocalStack), creates the bucket, table and queues, then
+Starts the emulator on 127.0.0.1:4566 (EMULATOR_PORT): moto's server, or with
+EMULATOR=localstack (--emulator localstack) LocalStack without Docker
+(devstack.localstack; a LocalStack the user runs, named by LOCALSTACK_HOST, is
+used as it is). Whatever AWS emulator already answers on the port is used
+instead. Then it creates the bucket, table and queues, then
 runs the API server and the SQS event-source runner. A process that dies is
 started again and the log says so (devstack.supervisor); an emulator that
 comes back empty gets its resources again. Ctrl-C stops everything this
@@ -95,6 +98,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")),
                         help="API port (PORT)")
+    parser.add_argument("--emulator", choices=emulator.KINDS, default=emulator.kind_from_env(),
+                        help="the AWS emulator to start (EMULATOR; default moto)")
     parser.add_argument("--emulator-port", type=int,
                         default=int(os.environ.get("EMULATOR_PORT", stage.DEFAULT_EMULATOR_PORT)))
     parser.add_argument("--stage", default="dev")
@@ -111,7 +116,19 @@ def main() -> None:
         raise SystemExit(f"port {args.port} is already in use; set PORT to serve the API elsewhere")
     log_dir = Path(args.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    endpoint = f"http://{HOST}:{args.emulator_port}"
+    chosen = emulator.Emulator(args.emulator, HOST, args.emulator_port, log_dir)
+    endpoint = chosen.endpoint
+    users_localstack = None
+    if args.emulator == "localstack":
+        from devstack import localstack
+
+        users_localstack = localstack.user_endpoint()
+        if users_localstack:
+            endpoint = users_localstack
+            if localstack.health(endpoint) is None:
+                raise SystemExit(f"LOCALSTACK_HOST={os.environ['LOCALSTACK_HOST']} names a "
+                                 f"LocalStack, but none answers at {endpoint}; start it, or "
+                                 "unset LOCALSTACK_HOST to have one started here")
     supervisor = Supervisor()
     watch: EmulatorWatch | None = None
     stopping = False
@@ -128,19 +145,24 @@ def main() -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
-        if answers(args.emulator_port):
+        if users_localstack:
+            print(f"Emulator: {endpoint} (your LocalStack, from LOCALSTACK_HOST)", flush=True)
+        elif answers(args.emulator_port):
             print(f"Emulator: {endpoint} (already running: {emulator.describe(endpoint)})",
                   flush=True)
         else:
-            moto_log = log_dir / "moto.log"
-            supervisor.start(Child(
-                "The emulator (moto server)",
-                lambda: emulator.start_moto(HOST, args.emulator_port, str(moto_log)),
-                consequence="Its state lived in memory: every model is gone. Starting it "
-                            "again; meanwhile the API answers 503 with Retry-After.",
-                after_restart=emulator_back))
-            print(f"Emulator: {endpoint} (moto server started here; state in memory, "
-                  f"log {moto_log})", flush=True)
+            started = time.monotonic()
+            try:
+                supervisor.start(Child(
+                    f"The emulator ({chosen.title})", chosen.start,
+                    consequence="Its state lived in memory: every model is gone. Starting it "
+                                "again; meanwhile the API answers 503 with Retry-After.",
+                    after_restart=emulator_back, stop=chosen.stop))
+            except RuntimeError as failure:  # it did not start: said how
+                raise SystemExit(f"The emulator ({chosen.title}) did not start: {failure}")
+            print(f"Emulator: {endpoint} ({chosen.title} started here in "
+                  f"{time.monotonic() - started:.1f} s; state in memory, log {chosen.log_path})",
+                  flush=True)
         stage.apply(args.stage, endpoint)
         session = boto3.session.Session()
         # The lease must end before the message comes back, or a redelivery

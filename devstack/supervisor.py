@@ -43,6 +43,8 @@ class Child:
     restart: bool = True  # False: its death stops the stack
     consequence: str = ""  # what its death costs, said when it dies
     after_restart: Callable[[], None] | None = None  # e.g. bootstrap an emulator again
+    # Stops its process; default SIGTERM, then SIGKILL after 10 s.
+    stop: Callable[[subprocess.Popen], None] | None = None
     process: subprocess.Popen | None = field(default=None, init=False)
     restarts: list[float] = field(default_factory=list, init=False)
 
@@ -93,4 +95,4 @@ class Supervisor:
         before the emulator they use)."""
         for child in reversed(self.children):
             if child.process is not None:
-                stop_process(child.process)
+                (child.stop or stop_process)(child.process)

@@ -1,9 +1,9 @@
-"""Shared fixtures: moto's in-process AWS for fast unit tests."""
+"""Shared fixtures: moto's in-process AWS for fast unit tests; the emulators
+the end-to-end tests run against (--emulator)."""
 from __future__ import annotations
 
 import csv
 import io
-import os
 import random
 from pathlib import Path
 
@@ -16,6 +16,41 @@ from chalicelib import components
 from chalicelib.config import Settings
 from devstack import bootstrap, stage
 pytest_plugins = ["tests.reliability"]
+
+# The AWS emulators behind the end-to-end tests (a test that takes the
+# `emulator` fixture runs once per emulator): moto's server and LocalStack
+# (installed into .venv-localstack on first use; docs/localstack.md).
+EMULATORS = ("moto", "localstack")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--emulator", default=",".join(EMULATORS), metavar="NAMES",
+                     help="comma-separated emulators for the end-to-end tests "
+                          f"(default {','.join(EMULATORS)}): {', '.join(EMULATORS)}")
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "moto_only(reason): an end-to-end test run against moto's server only; "
+                   "the reason says why (not about the emulator, or too heavy to run twice)")
+    names = [name.strip() for name in config.getoption("--emulator").split(",") if name.strip()]
+    unknown = sorted(set(names) - set(EMULATORS))
+    if unknown or not names:
+        raise pytest.UsageError(f"--emulator={config.getoption('--emulator')!r}: expected "
+                                f"a comma-separated list of {', '.join(EMULATORS)}")
+    config.emulators = list(dict.fromkeys(names))
+
+
+def pytest_report_header(config):
+    return f"emulators for the end-to-end tests: {', '.join(config.emulators)}"
+
+
+def pytest_generate_tests(metafunc):
+    if "emulator" in metafunc.fixturenames:
+        emulators = metafunc.config.emulators
+        if metafunc.definition.get_closest_marker("moto_only"):
+            emulators = [name for name in emulators if name == "moto"]
+        metafunc.parametrize("emulator", emulators, scope="module")
 
 REPO = Path(__file__).resolve().parent.parent
 IRIS = (REPO / "iris.csv").read_bytes()

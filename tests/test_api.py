@@ -113,6 +113,46 @@ def test_model_still_training_answers_200(client):
     assert (response.status_code, response.json_body) == (200, {"status": "Model is Training"})
 
 
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("headers, body, reason", [
+    (CSV, b"", "the body is empty"),
+    (CSV, b" ,\n\t,,\r\n", "the body is empty"),
+    (CSV, "\u2003\ufeff".encode(), "the body is empty"),
+    (CSV, b"1,\xff", "the body is not UTF-8 text (byte 2 is invalid)"),
+    (JSON, b"", "the body is not JSON (Input is a zero-length, empty document: line 1 column 1 "
+                "(char 0))"),
+    (JSON, b"[[1, 2, 3, 4]]", 'expected an object {"instances": [[feature, ...], ...]}'),
+    (JSON, b'{"instances": [[]]}', "instance 1 is an empty list; it needs the model's feature "
+                                   "values"),
+    (JSON, b'{"instances": [[1, "2"]]}', "instance 1, value 2: '2' is not a number"),
+    (JSON, b'{"records": [{"a": null}]}', "record 1, 'a': None is not a number"),
+    (JSON, b'{"records": []}', "records must be a non-empty list of objects"),
+])
+def test_a_malformed_body_is_415_before_the_models_state_is_looked_at(client, headers, body,
+                                                                      reason):
+    """Malformed whatever the model (against the OpenAPI document's shapes):
+    refused even while the model trains, where a well-formed body gets the
+    seed's 200 "Model is Training"; an unknown model stays the seed's 404."""
+    model_id = _submit(client)["model_id"]
+    first = PREDICT_CSV_REQUIRED if headers is CSV else \
+        'Please post data in csv format, or as JSON {"instances": [[feature, ...], ...]}.'
+    for method in ("GET", "POST"):
+        response = client.http.request(method, f"/models/{model_id}", headers=headers,
+                                       body=body)
+        assert (response.status_code, response.body.decode().split("\n")) == \
+            (415, [first, reason])
+    # An unknown model is the seed's 404 whatever the body.
+    response = client.http.get("/models/model_nope", headers=headers, body=body)
+    assert (response.status_code, response.body.decode()) == (404, MODEL_NOT_FOUND)
+    for good_headers, good_body in [(CSV, b"1,2"), (JSON, b'{"instances": [[1, 2]]}'),
+                                    (JSON, b'{"records": [{"a": 1}]}')]:
+        response = client.http.get(f"/models/{model_id}", headers=good_headers, body=good_body)
+        assert (response.status_code, response.json_body) == \
+            (200, {"status": "Model is Training"})
+
+
 def test_failed_model_answers_409_with_the_reason(client):
     submitted = _submit(client, b"1,a\n2,b\n")
     # The stored dataset changed under the queued message (e.g. a bad upload):

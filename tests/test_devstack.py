@@ -265,23 +265,36 @@ def test_the_embedded_moto_enforces_s3s_rules_for_presigned_requests(tmp_path):
         moto.wait(timeout=10)
 
 
-def test_the_embedded_moto_serializes_conditional_writes_as_dynamodb_does(tmp_path, monkeypatch):
+def test_the_emulator_serializes_conditional_writes_as_dynamodb_does(tmp_path, monkeypatch,
+                                                                      emulator):
     """Two duplicate deliveries both try to take a model's training lease at
     once. DynamoDB applies conditional writes to one item one after the
     other, so exactly one wins; moto's threaded server did not (both won in
-    about 1 of 300 contested updates). Here each condition is held open 50 ms
-    after it is evaluated, so without serialization both writes would pass it."""
+    about 1 of 300 contested updates), nor does moto inside LocalStack, whose
+    gateway serves requests on many threads. Here each condition is held open
+    50 ms after it is evaluated, so without serialization (devstack.moto_server;
+    the mlapi_moto provider in devstack/localstack_plugins) both writes would
+    pass it."""
     import boto3
 
     from chalicelib.aws import CLIENT_CONFIG
     from chalicelib.config import Settings
     from chalicelib.registry import ModelRecord, ModelRegistry, Status, now_iso
+    from devstack import localstack
     from devstack.emulator import start_moto
     from devstack.ports import free_ports, stop_process
 
     [port] = free_ports(1)
-    moto = start_moto("127.0.0.1", port, str(tmp_path / "moto.log"),
-                      module="tests.moto_held_conditions")
+    if emulator == "moto":
+        moto = start_moto("127.0.0.1", port, str(tmp_path / "moto.log"),
+                          module="tests.moto_held_conditions")
+        stop = stop_process
+    else:
+        localstack.install()
+        moto = localstack.start(
+            "127.0.0.1", port, tmp_path / "localstack.log", tmp_path / "localstack",
+            main=(str(stage.PROJECT_DIR / "tests" / "localstack_held_conditions.py"),))
+        stop = localstack.stop
     try:
         monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
         session = boto3.session.Session(aws_access_key_id="test", aws_secret_access_key="test",
@@ -316,7 +329,7 @@ def test_the_embedded_moto_serializes_conditional_writes_as_dynamodb_does(tmp_pa
             {model_id: 1 for model_id in models}
         assert all(registry().get(model_id).status == Status.TRAINING for model_id in models)
     finally:
-        stop_process(moto, 10)
+        stop(moto)
 def test_the_trainer_runs_with_its_stages_memory_and_timeout(monkeypatch):
     from devstack.sqs_runner import trainer_spec
 
@@ -334,3 +347,32 @@ def test_the_trainer_runs_with_its_stages_memory_and_timeout(monkeypatch):
     assert spec.environment["MODELS_BUCKET"] == "overridden"  # what the runner was given
     small = trainer_spec("dev", memory_mb=300, timeout_seconds=2)
     assert (small.memory_mb, small.timeout_seconds) == (300, 2)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"EMULATOR": "dynalite"}, "EMULATOR='dynalite' is not an emulator this stack runs; "
+                               "expected one of: moto, localstack"),
+    ({"EMULATOR": "localstack", "LOCALSTACK_HOST": "127.0.0.1:{port}"},
+     "LOCALSTACK_HOST=127.0.0.1:{port} names a LocalStack, but none answers at "
+     "http://127.0.0.1:{port}; start it, or unset LOCALSTACK_HOST"),
+    ({"EMULATOR": "localstack", "LOCALSTACK_HOST": "localhost:{port}"},
+     "none answers at http://127.0.0.1:{port};"),
+])
+def test_run_refuses_an_emulator_it_cannot_use_with_a_clear_message(tmp_path, env, message):
+    """devstack.run names a bad EMULATOR, and a LocalStack the user named with
+    LOCALSTACK_HOST (localstack-client's convention; localhost becomes
+    127.0.0.1) that does not answer, and starts nothing."""
+    import sys
+
+    from devstack.ports import free_ports
+    from tests.stack import clean_environment
+
+    api_port, port = free_ports(2)
+    environment = clean_environment({name: value.format(port=port)
+                                     for name, value in env.items()})
+    result = subprocess.run([sys.executable, "-m", "devstack.run", "--port", str(api_port),
+                             "--log-dir", str(tmp_path)], cwd=stage.PROJECT_DIR,
+                            env=environment, capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert message.format(port=port) in result.stderr, result.stderr
+    assert list(tmp_path.iterdir()) == []  # no emulator log: nothing started

@@ -1,6 +1,8 @@
 """End to end: the whole local stack, started the way `make run` starts it
-(moto's server, the resources, the API server and the SQS runner), exercised
-over real HTTP. AWS state is read and written through boto3 pointed at the
+(the emulator, the resources, the API server and the SQS runner), exercised
+over real HTTP, once on moto's server and once on LocalStack (--emulator;
+tests marked moto_only run on moto's server only, for the reason they give).
+AWS state is read and written through boto3 pointed at the
 emulator only where a test needs to look behind the API.
 
 The stack (tests/stack.py's running_stack) starts once for the module; every
@@ -68,8 +70,9 @@ UNKNOWN_ID = "model_20000101-000000_000000000000"  # well-formed, never issued
 # --- the stack ------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def stack(tmp_path_factory):
-    with running_stack(tmp_path_factory.mktemp("devstack")) as running:
+def stack(tmp_path_factory, emulator):
+    with running_stack(tmp_path_factory.mktemp(f"devstack-{emulator}"),
+                       emulator=emulator) as running:
         yield running
 
 
@@ -505,9 +508,11 @@ def test_concurrent_clients_get_no_errors_and_every_model_trains(stack, iris):
     assert None not in model_ids
     final = [_wait_for_training(stack, model_id)["status"] for model_id in model_ids]
     assert final == [READY] * len(model_ids)
-    record("Load", "Concurrent clients (small, in CI)",
+    emulator = {"moto": "moto's server", "localstack": "LocalStack"}[stack.emulator]
+    record("Load", f"Concurrent clients (small, in CI), on {emulator}",
            f"{clients} clients at once, each {predictions} predictions with "
-           f"{trainings} training interleaved, over keep-alive HTTP to the local stack",
+           f"{trainings} training interleaved, over keep-alive HTTP to the local stack "
+           f"on {emulator}",
            len(statuses), f"{statuses.count(202)} x 202 and {statuses.count(201)} x 201 in "
            f"{elapsed:.1f} s, no errors; all {len(model_ids)} models reached \"{final[0]}\"; "
            "the bounded 5,000-request load test is in BENCHMARKS.md")
@@ -515,6 +520,7 @@ def test_concurrent_clients_get_no_errors_and_every_model_trains(stack, iris):
 
 # --- the local server answers as chalice local does --------------------------------
 
+@pytest.mark.moto_only("compares two HTTP servers in front of the same emulator")
 def test_local_server_answers_exactly_as_chalice_local(stack, iris, tmp_path):
     """devstack.server (what make run serves) is chalice local's gateway with
     TCP_NODELAY and a thread per connection: same routes, same answers."""
@@ -609,6 +615,12 @@ def test_artifact_download_verifies_and_predicts_in_plain_scikit_learn(stack, ir
     assert facts["scikit_learn_version"] == "1.9.1"
     download = requests.get(facts["url"], timeout=HTTP_TIMEOUT)
     assert download.status_code == 200
+    if stack.emulator == "localstack":  # moto checks no signature (docs/localstack.md)
+        forged = re.sub(r"X-Amz-Signature=[0-9a-f]{64}", "X-Amz-Signature=" + "0" * 64,
+                        facts["url"])
+        assert forged != facts["url"]
+        refused = requests.get(forged, timeout=HTTP_TIMEOUT)
+        assert refused.status_code == 403 and b"SignatureDoesNotMatch" in refused.content
     blob = download.content
     assert hashlib.sha256(blob).hexdigest() == facts["sha256"]
     pipeline = pickle.loads(blob)
@@ -622,6 +634,39 @@ def test_artifact_download_verifies_and_predicts_in_plain_scikit_learn(stack, ir
 
 # --- a dataset too large for one request: the presigned S3 form ---------------------
 
+def test_an_upload_form_trains_a_model(stack):
+    """The dashboard's path for a large file, small: POST /uploads, the file
+    through the presigned form straight to S3, then POST /models {upload_id}.
+    A form whose policy does not allow what is sent (an empty file, a changed
+    key) stores nothing."""
+    upload = stack.http.post(f"{stack.api}/uploads", timeout=HTTP_TIMEOUT).json()
+    key = upload["fields"]["key"]
+
+    def send(body: bytes, **changes):
+        return requests.post(upload["url"], data={**upload["fields"], **changes},
+                             files={"file": ("iris.csv", body, "text/csv")}, timeout=HTTP_TIMEOUT)
+
+    # Neither emulator checks a form's signature (docs/localstack.md); both
+    # check its policy.
+    refused = {"an empty file": send(b""), "a changed key": send(IRIS, key=key + ".other")}
+    assert {name: answer.status_code for name, answer in refused.items()} == {
+        "an empty file": 400, "a changed key": 403}, \
+        {name: answer.text[:300] for name, answer in refused.items()}
+    listed = stack.s3.list_objects_v2(Bucket=BUCKET, Prefix=key)
+    assert listed["KeyCount"] == 0, listed.get("Contents")
+
+    sent = send(IRIS)
+    assert sent.status_code == 204, sent.text
+    created = stack.http.post(f"{stack.api}/models", json={"upload_id": upload["upload_id"]},
+                              timeout=HTTP_TIMEOUT)
+    assert created.status_code == 201, created.text
+    status = _wait_for_training(stack, created.json()["model_id"])
+    assert status["status"] == READY, status
+    assert (status["n_rows"], status["classes"]) == (150, ["setosa", "versicolor", "virginica"])
+
+
+@pytest.mark.moto_only("3,000,000 rows: the trainer's time, not the emulator's; LocalStack "
+                       "takes the same form in test_an_upload_form_trains_a_model")
 def test_a_100_mb_csv_trains_through_a_presigned_upload(stack):
     rng = np.random.default_rng(5)
     rows = 3_000_000
@@ -644,6 +689,7 @@ def test_a_100_mb_csv_trains_through_a_presigned_upload(stack):
     assert status["metrics"]["accuracy"] > 0.6
 
 
+@pytest.mark.moto_only("the API server's answer; no request reaches the emulator")
 @pytest.mark.parametrize("method", ["TRACE", "CONNECT", "BREW"])
 def test_undeclared_methods_answer_405_with_allow_on_every_route(stack, method):
     """http.server alone answers a method it has no handler for with a 501

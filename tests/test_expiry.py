@@ -215,6 +215,7 @@ def test_uploads_go_with_the_last_model_that_uses_them(client, aws):
     _expire(aws, expiring)
     report = components.sweeper().sweep()
     assert sorted(report.expired) == sorted([only_user, expiring])
+    assert staying not in report.expired
     keys = _objects(aws, "uploads/")
     assert upload_key(alone) not in keys
     assert upload_key(shared) in keys and upload_key(abandoned) in keys

@@ -49,13 +49,39 @@ def test_listing_is_newest_first_paginated_and_filtered(client, aws):
     assert client.http.get("/models?status=failed").json_body == {"models": [], "next": None}
 
 
+_BAD_TOKEN = ("next must be the previous page's next, a creation time and a model id "
+              "(2026-12-02T11:35:00Z.model_20261202-113500_0123456789ab), not {}; "
+              "start again without it")
+
+
+def test_any_token_of_the_documented_shape_is_a_position_in_the_listing(client, aws):
+    """The OpenAPI document gives the token's shape; every token of that shape
+    is accepted: the page lists the models created before that point."""
+    first, second = _submit(client), _submit(client)
+    newest_first = [m["model_id"] for m in client.http.get("/models").json_body["models"]]
+    assert sorted(newest_first) == sorted([first, second])
+    after_newest = client.http.get("/models?limit=1").json_body["next"]
+    assert after_newest == (f"{components.registry().get(newest_first[0]).created_at}."
+                            f"{newest_first[0]}")
+    assert [m["model_id"] for m in client.http.get(f"/models?next={after_newest}")
+            .json_body["models"]] == newest_first[1:]
+    for token, listed in [("9999-99-99T99:99:99Z.zzz", newest_first),
+                          ("0000-00-00T00:00:00Z.a", []), ("", newest_first)]:
+        answer = client.http.get(f"/models?next={token}")
+        assert answer.status_code == 200, answer.body
+        assert [m["model_id"] for m in answer.json_body["models"]] == listed, token
+
+
 @pytest.mark.parametrize("query, message", [
     ("?limit=0", "limit must be a whole number from 1 to 100, not '0'"),
     ("?limit=abc", "limit must be a whole number from 1 to 100, not 'abc'"),
     ("?status=done", "status must be one of training, ready, failed, not 'done'"),
-    ("?next=bm9wZQ", "next is not a token this service handed out; start again without it"),
-    ("?next=%7B%7D", "next is not a token this service handed out; start again without it"),
-    ("?next=" + "W" * 3000, "next is not a token this service handed out; start again without it"),
+    ("?next=bm9wZQ", _BAD_TOKEN.format("'bm9wZQ'")),
+    ("?next=%7B%7D", _BAD_TOKEN.format("'{}'")),
+    ("?next=" + "W" * 3000, _BAD_TOKEN.format(repr("W" * 77 + "..."))),
+    # An id outside [A-Za-z0-9_-]{1,64}, a time without its Z.
+    ("?next=2026-12-02T11:35:00Z.model%2Fx", _BAD_TOKEN.format("'2026-12-02T11:35:00Z.model/x'")),
+    ("?next=2026-12-02T11:35:00.model_x", _BAD_TOKEN.format("'2026-12-02T11:35:00.model_x'")),
     ("?colour=red", "unknown query parameter 'colour'; this route takes limit, status, next"),
 ])
 def test_bad_listing_parameters_are_400(client, query, message):

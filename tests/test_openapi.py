@@ -12,7 +12,8 @@ from openapi_spec_validator import OpenAPIV31SpecValidator, validate
 
 import app
 from chalicelib import api, components, openapi
-from chalicelib.registry import PUBLIC_STATUS, STATUS_FILTERS
+from chalicelib.csvdata import FEATURE_ROWS_PATTERN
+from chalicelib.registry import PAGE_TOKEN_SHAPE, PUBLIC_STATUS, STATUS_FILTERS
 from chalicelib.service import MAX_TTL_HOURS
 
 METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
@@ -87,6 +88,12 @@ def test_the_document_agrees_with_the_code_it_describes(served):
     listing = {p["name"]: p for p in served["paths"]["/models"]["get"]["parameters"]}
     assert set(listing["status"]["schema"]["enum"]) == set(STATUS_FILTERS)
     assert set(listing) == {"status", "limit", "next"}
+    # The page token's and the CSV bodies' patterns are the ones the code checks.
+    assert listing["next"]["schema"]["pattern"] == f"^({PAGE_TOKEN_SHAPE})?$"
+    for path, method in [("/models", "post"), ("/models/{model_id}", "get"),
+                         ("/models/{model_id}", "post")]:
+        csv_text = served["paths"][path][method]["requestBody"]["content"]["text/csv"]["schema"]
+        assert csv_text == {"type": "string", "minLength": 1, "pattern": FEATURE_ROWS_PATTERN}
 
     training = {p["name"]: p["schema"]
                 for p in served["paths"]["/models"]["post"]["parameters"]}

@@ -11,7 +11,7 @@ from sklearn import datasets
 
 from app import app
 from chalicelib import components, csvdata, training
-from chalicelib.csvdata import TrainingData, parse_training
+from chalicelib.csvdata import parse_training
 from chalicelib.registry import ModelRecord, Status, now_iso
 from chalicelib.service import new_model_id
 from chalicelib.storage import METRICS_ARTIFACT, PIPELINE_ARTIFACT, upload_key

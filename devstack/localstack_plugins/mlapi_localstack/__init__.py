@@ -1,0 +1,1 @@
+"""ml-api's LocalStack plugins (see devstack/localstack_plugins/pyproject.toml)."""
