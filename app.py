@@ -5,9 +5,10 @@ chalicelib.
 """
 from chalice import Chalice, Rate
 
-from chalicelib import api, components, dashboard, openapi
-from chalicelib.config import (API_GATEWAY_AUTHORIZER, SWEEP_RATE_MINUTES,
-                               TRAINER_MAX_CONCURRENCY, TRAINING_QUEUE_NAME)
+from chalicelib import api, batch_api, components, dashboard, openapi
+from chalicelib.batches import BatchMessage
+from chalicelib.config import (API_GATEWAY_AUTHORIZER, BATCH_MAX_CONCURRENCY, BATCH_QUEUE_NAME,
+                               SWEEP_RATE_MINUTES, TRAINER_MAX_CONCURRENCY, TRAINING_QUEUE_NAME)
 from chalicelib.queue import TrainingMessage
 
 app = Chalice(app_name="ml-api")
@@ -79,6 +80,23 @@ def check_model_status(model_id):
     return api.model_status(model_id)
 
 
+@app.route("/models/{model_id}/batches", methods=["POST"], content_types=api.ANY_CONTENT_TYPE,
+           **_AUTH)
+def submit_batch(model_id):
+    return batch_api.submit(model_id, _content_type(), _body())
+
+
+@app.route("/batches/{batch_id}", methods=["GET"], content_types=api.ANY_CONTENT_TYPE, **_AUTH)
+def batch_status(batch_id):
+    return batch_api.status(batch_id)
+
+
+@app.route("/batches/{batch_id}", methods=["DELETE"], content_types=api.ANY_CONTENT_TYPE,
+           **_AUTH)
+def delete_batch(batch_id):
+    return batch_api.delete(batch_id)
+
+
 # The dashboard page asks for the API key itself, so it carries no authorizer.
 @app.route("/", methods=["GET"], content_types=api.ANY_CONTENT_TYPE)
 def dashboard_root():
@@ -101,6 +119,17 @@ def train_model(event):
     for record in event:
         receive_count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "1"))
         components.trainer().handle(TrainingMessage.from_json(record.body), receive_count)
+
+
+@app.on_sqs_message(queue=BATCH_QUEUE_NAME, batch_size=1,
+                    maximum_concurrency=BATCH_MAX_CONCURRENCY)
+def run_batch(event):
+    def remaining_seconds() -> float:
+        return event.context.get_remaining_time_in_millis() / 1000
+    for record in event:
+        receive_count = int(record.to_dict().get("attributes", {}).get("ApproximateReceiveCount", "1"))
+        components.batch_runner().handle(BatchMessage.from_json(record.body), receive_count,
+                                         remaining_seconds)
 
 
 # Expired models are hidden at once; this removes their datasets, artifacts and

@@ -97,8 +97,8 @@ class Row:
 def format_value(value: float | None, unit: str) -> str:
     if value is None:
         return "-"
-    if unit == "req/s":
-        return f"{value:,.0f} req/s"
+    if unit in ("req/s", "rows/s"):
+        return f"{value:,.0f} {unit}"
     if unit == "ms":
         return f"{value:.3f} ms" if value < 100 else f"{value:,.0f} ms"
     if unit == "s":

@@ -2,7 +2,8 @@
 
 Sets up moto's server and an iris model first.
 
-    python -m bench [--quick] [--only cold,warm,bulk,http,load,speed,memory,latency] [--output PATH]
+    python -m bench [--quick] [--only cold,warm,bulk,http,load,speed,memory,latency,batch]
+                    [--batch-rows N] [--output PATH]
 
 Exits 0 when every benchmark ran (whether or not it met its target), 1 when
 one could not be measured (its row says ERROR and why). Logs of the processes
@@ -24,7 +25,7 @@ from pathlib import Path
 from bench.report import Row, Target, render_report
 from bench.stack import REPO, Processes, progress
 
-BENCHMARKS = ("cold", "warm", "bulk", "http", "load", "speed", "memory", "latency")
+BENCHMARKS = ("cold", "warm", "bulk", "http", "load", "speed", "memory", "latency", "batch")
 
 METHOD = """\
 Setup: moto's server on a free 127.0.0.1 port (`devstack.emulator.start_moto`), the dev
@@ -92,6 +93,15 @@ test credentials, us-east-1 and the dev stage's variables.
   median of 10. The AWS calls of one training are counted in process with
   botocore's `before-call` event, through the route, the runner's
   `poll_once` and the trainer, on warm containers.
+- **Batch predictions** (bench/batches.py): `python -m devstack.run` (one worker
+  per runner) on the harness's emulator; a file of N x 4 iris-like rows (4
+  decimals; N = 10,000,000 is about 300 MB; `--batch-rows`) predicted with the
+  iris model by the CLI in a child process: `ml-api predict --batch` (upload
+  form, batch, polling, download) and, as the baseline, `ml-api predict` (the
+  file split into sync requests under Lambda's 6 MB), each timed end to end;
+  the outputs compared row for row. Peak memory: the largest `max_memory_mb`
+  of the batch runner's REPORT lines (VmHWM of run_batch's worker). Target: at
+  most 512 MB, the function's memory.
 """
 
 
@@ -161,6 +171,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default=",".join(BENCHMARKS),
                         help=f"comma-separated subset of {','.join(BENCHMARKS)}")
     parser.add_argument("--output", default=str(REPO / "BENCHMARKS.md"))
+    parser.add_argument("--batch-rows", type=int, default=10_000_000,
+                        help="rows of the batch benchmark's file (default 10,000,000, "
+                             "about 300 MB; --quick: 200,000)")
     args = parser.parse_args(argv)
     selected = [name.strip() for name in args.only.split(",") if name.strip()]
     unknown = set(selected) - set(BENCHMARKS)
@@ -176,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     rows: list[Row] = []
 
-    from bench import coldstart, httpload, inprocess, load, stack, training
+    from bench import batches, coldstart, httpload, inprocess, load, stack, training
 
     with Processes(log_dir) as processes:
         try:
@@ -210,6 +223,9 @@ def main(argv: list[str] | None = None) -> int:
                 quick=quick)),
             "latency": ("Training latency", "ms", lambda: training.latency(
                 endpoint, processes, runs=3 if quick else 10)),
+            "batch": ("Batch predictions", "rows/s", lambda: batches.run(
+                endpoint, model_id, processes,
+                rows=200_000 if quick and args.batch_rows == 10_000_000 else args.batch_rows)),
         }
         for name in BENCHMARKS:
             if name not in selected:

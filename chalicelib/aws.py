@@ -39,11 +39,19 @@ CLIENT_CONFIG = Config(
 S3_CONFIG = CLIENT_CONFIG.merge(Config(signature_version="s3v4",
                                        s3={"addressing_style": "virtual"}))
 
+# Completing a multipart upload makes S3 join the parts, which may take minutes
+# for thousands of them (S3 keeps the connection alive meanwhile): run_batch's
+# S3 client waits that long for an answer. (moto's server joined the 34 parts
+# of 750 MB of results in more than 4 s, and the run was redelivered.)
+SLOW_S3_CONFIG = S3_CONFIG.merge(Config(read_timeout=600))
+
 _lock = threading.Lock()
 
 
-def config_for(service: str) -> Config:
-    return S3_CONFIG if service == "s3" else CLIENT_CONFIG
+def config_for(service: str, slow: bool = False) -> Config:
+    if service == "s3":
+        return SLOW_S3_CONFIG if slow else S3_CONFIG
+    return CLIENT_CONFIG
 
 
 @functools.cache
@@ -56,8 +64,9 @@ class _LazyClient:
     (its service model is parsed from JSON), and a warm-cache-miss predict
     needs only DynamoDB: the S3 and SQS clients wait until a request uses them."""
 
-    def __init__(self, service: str):
+    def __init__(self, service: str, slow: bool = False):
         self._service = service
+        self._slow = slow
         self._client = None
 
     def __getattr__(self, name: str):
@@ -65,14 +74,20 @@ class _LazyClient:
             # Sessions are not thread-safe while creating clients; the clients are.
             with _lock:
                 if self._client is None:
-                    self._client = _session().create_client(self._service,
-                                                             config=config_for(self._service))
+                    self._client = _session().create_client(
+                        self._service, config=config_for(self._service, self._slow))
         return getattr(self._client, name)
 
 
 @functools.cache
 def client(service: str):
     return _LazyClient(service)
+
+
+@functools.cache
+def slow_client(service: str):
+    """A client that waits minutes for an answer (see SLOW_S3_CONFIG)."""
+    return _LazyClient(service, slow=True)
 
 
 def is_aws_failure(error: BaseException) -> bool:

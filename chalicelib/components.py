@@ -4,6 +4,7 @@ from __future__ import annotations
 import functools
 
 from chalicelib import aws
+from chalicelib.batches import BatchQueue, BatchRunner, BatchService, BatchTable
 from chalicelib.config import Settings
 from chalicelib.expiry import ExpirySweeper
 from chalicelib.queue import TrainingQueue
@@ -45,7 +46,30 @@ def service() -> ModelService:
         predictor=Predictor(store(), settings().model_cache_size,
                             settings().model_recheck_seconds),
         max_upload_bytes=settings().max_upload_bytes,
+        batches=batches(),
     )
+
+
+@functools.cache
+def batch_table() -> BatchTable:
+    return BatchTable(aws.client("dynamodb"), settings().batches_table, settings().max_receives)
+
+
+@functools.cache
+def batches() -> BatchService:
+    return BatchService(batch_table(), store(),
+                        BatchQueue(aws.client("sqs"), settings().batch_queue))
+
+
+@functools.cache
+def batch_runner() -> BatchRunner:
+    # Its own S3 client: completing the results' multipart upload may take minutes.
+    batch_store = ArtifactStore(aws.slow_client("s3"), settings().bucket,
+                                ArtifactSigner.from_env(lambda: aws.client("ssm")))
+    return BatchRunner(batch_table(), batch_store, registry(),
+                       Predictor(batch_store, 4, settings().model_recheck_seconds),
+                       BatchQueue(aws.client("sqs"), settings().batch_queue),
+                       settings().batch_lease_seconds, settings().max_receives)
 
 
 @functools.cache
@@ -57,7 +81,7 @@ def trainer() -> Trainer:
 
 @functools.cache
 def sweeper() -> ExpirySweeper:
-    return ExpirySweeper(registry(), store(),
+    return ExpirySweeper(registry(), store(), batches=batches(),
                          orphan_grace_seconds=settings().orphan_grace_seconds,
                          upload_retention_seconds=settings().upload_retention_seconds)
 
@@ -65,5 +89,6 @@ def sweeper() -> ExpirySweeper:
 def reset() -> None:
     """Forgets every built component (tests switch endpoints between cases)."""
     for getter in (settings, registry, store, api_keys, service, trainer, sweeper,
-                   aws.client, aws._session):
+                   batch_table, batches, batch_runner,
+                   aws.client, aws.slow_client, aws._session):
         getter.cache_clear()

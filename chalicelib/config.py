@@ -11,6 +11,8 @@ from dataclasses import dataclass
 DEFAULT_BUCKET = "ml-api-dev-models"
 DEFAULT_TABLE = "ml-api-dev-models"
 DEFAULT_QUEUE = "ml-api-dev-training"
+DEFAULT_BATCHES_TABLE = "ml-api-dev-batches"
+DEFAULT_BATCH_QUEUE = "ml-api-dev-batches"
 # The largest dataset POST /uploads accepts (S3 enforces it). 1 GiB: the most
 # the trainer (3,008 MB, 900 s) is sized to read and fit; see docs/security.md.
 DEFAULT_MAX_UPLOAD_BYTES = 1024 ** 3
@@ -22,6 +24,9 @@ TRAINING_QUEUE_NAME = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
 # reserved concurrency: receives that Lambda would throttle still count
 # towards the dead-letter queue's limit, so SQS must not hand out more.
 TRAINER_MAX_CONCURRENCY = int(os.environ.get("TRAINER_MAX_CONCURRENCY", "5"))
+# The same for the batch queue and its function (app.py's run_batch).
+BATCH_QUEUE_NAME = os.environ.get("BATCH_QUEUE", DEFAULT_BATCH_QUEUE)
+BATCH_MAX_CONCURRENCY = int(os.environ.get("BATCH_MAX_CONCURRENCY", "5"))
 # How often EventBridge runs the sweep of expired models (app.py's sweep_expired):
 # an expired model's data is gone at most this long after it expired (and
 # hidden from every route at once).
@@ -64,10 +69,17 @@ class Settings:
     # Uploads larger than this are refused before they are read (None: derived
     # from the trainer's memory, see training.MemoryBudget).
     max_dataset_bytes: int | None = None
+    # Batch predictions (chalicelib.batches): their table and queue, and how
+    # long a run_batch invocation holds a batch (its Lambda timeout).
+    batches_table: str = DEFAULT_BATCHES_TABLE
+    batch_queue: str = DEFAULT_BATCH_QUEUE
+    batch_dead_letter_queue: str = DEFAULT_BATCH_QUEUE + "-dlq"
+    batch_lease_seconds: float = 900.0
 
     @classmethod
     def from_env(cls) -> "Settings":
         queue = os.environ.get("TRAINING_QUEUE", DEFAULT_QUEUE)
+        batch_queue = os.environ.get("BATCH_QUEUE", DEFAULT_BATCH_QUEUE)
         return cls(
             bucket=os.environ.get("MODELS_BUCKET", DEFAULT_BUCKET),
             table=os.environ.get("MODELS_TABLE", DEFAULT_TABLE),
@@ -86,4 +98,8 @@ class Settings:
             trainer_memory_mb=int(os.environ.get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE", "3008")),
             max_dataset_bytes=(int(os.environ["MAX_DATASET_BYTES"])
                                if os.environ.get("MAX_DATASET_BYTES") else None),
+            batches_table=os.environ.get("BATCHES_TABLE", DEFAULT_BATCHES_TABLE),
+            batch_queue=batch_queue,
+            batch_dead_letter_queue=os.environ.get("BATCH_DLQ", batch_queue + "-dlq"),
+            batch_lease_seconds=float(os.environ.get("BATCH_LEASE_SECONDS", "900")),
         )

@@ -183,11 +183,13 @@ def _record_end(buffer: bytes) -> int:
     return end + 1
 
 
-def _pieces(source) -> Iterator[tuple[bytes, int, int]]:
+def _pieces(source, line: int = 1, offset: int = 0) -> Iterator[tuple[bytes, int, int]]:
     """(piece, its first line number, its byte offset) for a body (bytes) or a
-    stream with .read(n) (S3's StreamingBody), each piece whole records."""
+    stream with .read(n) (S3's StreamingBody), each piece whole records. A
+    stream that starts part-way into a body (at a record's start) gives that
+    place's `line` and `offset`."""
     read = source.read if hasattr(source, "read") else io.BytesIO(source).read
-    pending, line, offset = b"", 1, 0
+    pending = b""
     while True:
         data = read(CHUNK_BYTES)
         if not data:
@@ -551,3 +553,68 @@ def _precise_features(body: bytes, n_features: int) -> np.ndarray:
     if not rows:
         raise CsvError("the body is empty")
     return np.frombuffer(values, dtype=np.float64).reshape(rows, n_features)
+
+
+@dataclass(frozen=True)
+class FeatureChunk:
+    """One piece of a stream of feature rows, parsed."""
+    features: np.ndarray  # (n, n_features) float64
+    rows: np.ndarray      # (n,) each row's line number in the body, as errors name them
+    end: int              # the byte offset just after the piece
+    next_line: int        # the line number the next piece starts on
+
+
+def stream_features(source, n_features: int, *, line: int = 1,
+                    offset: int = 0) -> Iterator[FeatureChunk]:
+    """parse_features for a body of any size: a piece of a few MB at a time,
+    from bytes or a stream (S3's body, possibly opened at `offset`, a record's
+    start on line `line`). The same rules and the same errors, with the row's
+    line number in the whole body; memory stays at one piece."""
+    rows = 0
+    for piece, first, start in _pieces(source, line, offset):
+        end, next_line = start + len(piece), first + _line_breaks(piece)
+        if start == 0 and piece.startswith(_BOM):
+            piece, start = piece[len(_BOM):], len(_BOM)
+        if not piece.isascii():
+            try:
+                piece.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise CsvError(f"the body is not UTF-8 text (byte {start + error.start} "
+                               "is invalid)") from None
+        if b"\x00" in piece:
+            raise CsvError("the body contains a NUL byte; it is not CSV text")
+        features, numbers = _piece_features(piece, first, n_features)
+        rows += len(numbers)
+        yield FeatureChunk(features, numbers, end, next_line)
+    if rows == 0 and offset == 0:
+        raise CsvError("the body is empty")
+
+
+def _piece_features(piece: bytes, first: int, n_features: int) -> tuple[np.ndarray, np.ndarray]:
+    """A piece's rows and their line numbers: numpy's C reader when every line
+    is a row it can take, else the csv module's reading, which decides."""
+    if piece.isascii() and b'"' not in piece and b"\r" not in piece:
+        lines = piece.count(b"\n") + (not piece.endswith(b"\n"))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "input contained no data"
+                matrix = np.loadtxt(io.StringIO(piece.decode("ascii")), delimiter=",",
+                                    dtype=np.float64, ndmin=2, comments=None)
+        except ValueError:
+            matrix = None
+        # A blank line is skipped by numpy: then the line numbers come from the csv module.
+        if (matrix is not None and matrix.shape == (lines, n_features)
+                and np.isfinite(matrix).all()):
+            return matrix, np.arange(first, first + lines, dtype=np.int64)
+    values, numbers = array("d"), array("q")
+    for row, fields in _rows_of(piece.decode("utf-8"), first):
+        if len(fields) != n_features:
+            raise CsvError(
+                f"row {row} has {len(fields)} values, but the model expects "
+                f"{n_features} features (send the features only, no label)"
+            )
+        values.extend([_number(v, row, col, _FEATURES_HEADER_HINT)
+                       for col, v in enumerate(fields, start=1)])
+        numbers.append(row)
+    return (np.frombuffer(values, dtype=np.float64).reshape(len(numbers), n_features),
+            np.frombuffer(numbers, dtype=np.int64))

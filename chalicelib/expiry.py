@@ -41,13 +41,17 @@ from chalicelib.storage import (DATASETS_PREFIX, MODELS_PREFIX, UPLOADS_PREFIX, 
 
 
 def remove_model(registry: ModelRegistry, store: ArtifactStore, model_id: str, dataset_key: str,
-                 *, keep_dataset: bool = False, expired_by: float | None = None) -> bool:
-    """Hides the model, removes its artifacts and dataset, then its item. With
-    `expired_by`, only if it had expired by then (or was already hidden): False
-    and nothing removed when it is alive."""
+                 *, keep_dataset: bool = False, expired_by: float | None = None,
+                 batches=None) -> bool:
+    """Hides the model, removes its batches (chalicelib.batches.BatchService),
+    artifacts and dataset, then its item. With `expired_by`, only if it had
+    expired by then (or was already hidden): False and nothing removed when it
+    is alive."""
     if not registry.mark_deleting(model_id, expired_by) and expired_by is not None \
             and registry.get(model_id, include_deleting=True, include_expired=True) is not None:
         return False  # alive (the condition failed, and the item is there)
+    if batches is not None:
+        batches.remove_for_model(model_id)
     # No item any more: another remover is at work or done. What is left of it
     # is the expired model's, and removing it again is harmless.
     store.delete_artifacts(model_id)
@@ -72,8 +76,9 @@ class SweepReport:
 class ExpirySweeper:
     def __init__(self, registry: ModelRegistry, store: ArtifactStore, *,
                  orphan_grace_seconds: float, upload_retention_seconds: float,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, batches=None):
         self._registry = registry
+        self._batches = batches
         self._store = store
         self._orphan_grace = orphan_grace_seconds
         self._upload_retention = upload_retention_seconds
@@ -111,7 +116,8 @@ class ExpirySweeper:
             def remove(model=model) -> None:
                 # The item's expiry is checked again, consistently, as it is hidden.
                 if remove_model(self._registry, self._store, model.model_id, model.dataset_key,
-                                keep_dataset=model.dataset_key in in_use, expired_by=now):
+                                keep_dataset=model.dataset_key in in_use, expired_by=now,
+                                batches=self._batches):
                     (report.expired if model.expired(now)
                      else report.finished_deletes).append(model.model_id)
                     log("sweep.removed", model_id=model.model_id,

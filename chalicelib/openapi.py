@@ -477,6 +477,98 @@ _PATHS: dict[str, dict] = {
     },
 }
 
+# Batch predictions (chalicelib.batches): kept together, added to the above.
+_BATCH_ID_SHAPE = "^batch_[0-9a-f]{24}$"
+_SCHEMAS.update({
+    "BatchQueued": {
+        "type": "object",
+        "required": ["batch_id", "status", "model_id"],
+        "additionalProperties": False,
+        "properties": {
+            "batch_id": {"type": "string", "pattern": _BATCH_ID_SHAPE},
+            "status": {"const": "Queued"},
+            "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
+        },
+    },
+    "BatchStatus": {
+        "type": "object",
+        "required": ["batch_id", "model_id", "status", "rows_done", "rows", "created_at"],
+        "properties": {
+            "batch_id": {"type": "string", "pattern": _BATCH_ID_SHAPE},
+            "model_id": {"type": "string", "pattern": _MODEL_ID_SHAPE},
+            "status": {"enum": ["Queued", "Running", "Done", "Failed"]},
+            "rows_done": {"type": "integer", "minimum": 0},
+            "rows": {"description": "The rows predicted, once Done.",
+                     "type": ["integer", "null"], "minimum": 0},
+            "input_bytes": {"type": ["integer", "null"], "minimum": 0},
+            "bytes_done": {"type": "integer", "minimum": 0},
+            "created_at": {"type": "string", "pattern": _ISO_SECOND},
+            "updated_at": {"type": ["string", "null"], "pattern": _ISO_SECOND},
+            "expires_at": {"type": "string", "pattern": _ISO_SECOND},
+            "error": {"description": "Why it failed: the row and the reason, for a bad row.",
+                      "type": "string"},
+            "result_url": {"description": "When Done: a presigned GET of the results CSV "
+                                          "(row,label, then one probability column per class).",
+                           "type": "string", "format": "uri"},
+            "result_url_expires_in": {"type": "integer"},
+        },
+    },
+})
+_BATCH_ID_PARAMETER = {"name": "batch_id", "in": "path", "required": True,
+                       "schema": {"type": "string"}}
+_PATHS.update({
+    "/models/{model_id}/batches": {
+        "parameters": [_MODEL_ID_PARAMETER],
+        "post": {
+            "operationId": "createBatch",
+            "summary": "Predict a CSV of any size in the background; the results go to S3.",
+            "requestBody": {
+                "required": True,
+                "description": "Feature rows as CSV (no header, no label; checked at once), "
+                               "or the id of a file sent to the form of POST /uploads as "
+                               "JSON (checked as it is read: a bad row fails the batch).",
+                "content": {"text/csv": {"schema": {"type": "string"},
+                                         "example": "6.9,3.1,5.1,2.3\n"},
+                            "application/json": {"schema": _schema("UploadReference")}},
+            },
+            "responses": {
+                "202": _json("Queued; poll GET /batches/{batch_id}.", _schema("BatchQueued")),
+                "400": _text("The upload_id was not handed out by POST /uploads, or nothing "
+                             "was sent to its form."),
+                "404": _response("NotFound"),
+                "409": {"description": "The model is still training, or training failed.",
+                        "content": {"application/json": {"schema": {"type": "object"}},
+                                    "text/plain": {"schema": {"type": "string"}}}},
+                "413": _response("TooLarge"),
+                "415": _text("The body is neither CSV nor {\"upload_id\"}, or (on a second "
+                             "line) what is wrong with the CSV's rows."),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+    "/batches/{batch_id}": {
+        "parameters": [_BATCH_ID_PARAMETER],
+        "get": {
+            "operationId": "getBatch",
+            "summary": "The batch's status and progress, and its results' link when Done.",
+            "responses": {
+                "200": _json("The batch.", _schema("BatchStatus")),
+                "404": _text("No such batch (or it was deleted, with its model or alone)."),
+                **_EVERY_ROUTE,
+            },
+        },
+        "delete": {
+            "operationId": "deleteBatch",
+            "summary": "Remove the batch, its input (when it was posted here) and its results.",
+            "responses": {
+                "204": {"description": "Deleted."},
+                "404": _text("No such batch."),
+                **_EVERY_ROUTE,
+            },
+        },
+    },
+})
+
 _DOCUMENT: dict[str, Any] = {
     "openapi": OPENAPI_VERSION,
     "info": {

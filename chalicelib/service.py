@@ -62,8 +62,9 @@ def _shown(text: str) -> str:
 class ModelService:
     def __init__(self, registry: ModelRegistry, store: ArtifactStore,
                  queue: TrainingQueue, predictor: Predictor,
-                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES):
+                 max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES, batches=None):
         self._registry = registry
+        self._batches = batches  # chalicelib.batches.BatchService: removed with the model
         self._store = store
         self._queue = queue
         self._predictor = predictor
@@ -165,7 +166,8 @@ class ModelService:
         record = self._registry.get(model_id, include_deleting=True, include_expired=True)
         if record is None:
             raise ModelNotFound(model_id)
-        remove_model(self._registry, self._store, model_id, record.dataset_key)
+        remove_model(self._registry, self._store, model_id, record.dataset_key,
+                     batches=self._batches)
         self._predictor.forget(model_id)
         log("model.deleted", model_id=model_id, task_id=record.task_id)
 

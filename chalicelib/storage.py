@@ -28,6 +28,11 @@ UPLOAD_STATE_TAG = "ml-api-upload"
 UNCLAIMED, CLAIMED = "unclaimed", "claimed"
 UNCLAIMED_UPLOAD_DAYS = 1
 UPLOAD_CONTENT_TYPE = "text/csv"
+# Batch predictions: a posted input and the results, under one prefix that
+# the bucket's lifecycle rule empties after BATCH_RETENTION_DAYS (and where it
+# aborts multipart uploads left unfinished for a day).
+BATCHES_PREFIX = "batches/"
+BATCH_RETENTION_DAYS = 7
 
 
 def dataset_key(model_id: str) -> str:
@@ -42,6 +47,14 @@ def _tagging(value: str) -> str:
     """S3's XML form of the one tag, as a POST form's tagging field takes it."""
     return (f"<Tagging><TagSet><Tag><Key>{UPLOAD_STATE_TAG}</Key><Value>{value}</Value>"
             "</Tag></TagSet></Tagging>")
+def batch_input_key(batch_id: str) -> str:
+    return f"{BATCHES_PREFIX}{batch_id}/input.csv"
+
+
+def batch_result_key(batch_id: str) -> str:
+    return f"{BATCHES_PREFIX}{batch_id}/results.csv"
+
+
 def upload_id_of(key: str) -> str | None:
     """The upload id an uploads/ key was made from (None for other keys)."""
     if not (key.startswith(UPLOADS_PREFIX) and key.endswith(".csv")):
@@ -123,6 +136,58 @@ class ArtifactStore:
                 return False
             raise
         return True
+
+    # --- batch predictions -------------------------------------------------------
+
+    def put_batch_input(self, batch_id: str, body: bytes) -> str:
+        key = batch_input_key(batch_id)
+        self._s3.put_object(Bucket=self._bucket, Key=key, Body=body, ContentType="text/csv")
+        return key
+
+    def object_size(self, key: str) -> int | None:
+        """The object's size in bytes; None when there is no such object."""
+        try:
+            return self._s3.head_object(Bucket=self._bucket, Key=key)["ContentLength"]
+        except ClientError as error:
+            if error.response["Error"]["Code"] in ("NoSuchKey", "404"):
+                return None
+            raise
+
+    def open_from(self, key: str, offset: int):
+        """A stream of the object's bytes from `offset` on (close it)."""
+        request = {"Bucket": self._bucket, "Key": key}
+        if offset:
+            request["Range"] = f"bytes={offset}-"
+        return self._s3.get_object(**request)["Body"]
+
+    def start_multipart(self, key: str) -> str:
+        return self._s3.create_multipart_upload(Bucket=self._bucket, Key=key,
+                                                ContentType="text/csv")["UploadId"]
+
+    def put_part(self, key: str, upload_id: str, number: int, body: bytes) -> str:
+        """Stores part `number` (1-based); returns its ETag. Uploading a number
+        again replaces that part."""
+        return self._s3.upload_part(Bucket=self._bucket, Key=key, UploadId=upload_id,
+                                    PartNumber=number, Body=body)["ETag"]
+
+    def complete_multipart(self, key: str, upload_id: str, etags: list[str]) -> None:
+        self._s3.complete_multipart_upload(
+            Bucket=self._bucket, Key=key, UploadId=upload_id,
+            MultipartUpload={"Parts": [{"PartNumber": number, "ETag": etag}
+                                       for number, etag in enumerate(etags, start=1)]})
+
+    def abort_multipart(self, key: str, upload_id: str) -> None:
+        """Drops an unfinished multipart upload's parts; nothing if it is gone."""
+        try:
+            self._s3.abort_multipart_upload(Bucket=self._bucket, Key=key, UploadId=upload_id)
+        except ClientError as error:
+            if error.response["Error"]["Code"] not in ("NoSuchUpload", "404"):
+                raise
+
+    def object_url(self, key: str, expires_in: int) -> str:
+        """A presigned GET (SigV4) for an object under batches/."""
+        return self._s3.generate_presigned_url(
+            "get_object", Params={"Bucket": self._bucket, "Key": key}, ExpiresIn=expires_in)
 
     def sign(self, model_id: str, name: str, blob: bytes) -> str:
         return self._signer.sign(artifact_key(model_id, name), blob)

@@ -29,6 +29,7 @@ from infra.definition import DefinitionError
 
 # The queue whose visibility timeout a local run may shorten (see bootstrap()).
 TRAINING_QUEUE = "TrainingQueue"
+BATCH_QUEUE = "BatchQueue"
 # Against an emulator a failed training comes back after this long, not after
 # the definition's 6 x 900 s.
 LOCAL_VISIBILITY_TIMEOUT = 60
@@ -114,7 +115,8 @@ def _cors_rule(rule: dict) -> dict:
     return {_CORS_NAMES[name]: value for name, value in rule.items()}
 
 
-_LIFECYCLE_NAMES = {"Id", "Status", "Prefix", "TagFilters", "ExpirationInDays"}
+_LIFECYCLE_NAMES = {"Id", "Status", "Prefix", "TagFilters", "ExpirationInDays",
+                    "AbortIncompleteMultipartUpload"}
 
 
 def _lifecycle_rule(rule: dict) -> dict:
@@ -140,6 +142,10 @@ def _lifecycle_rule(rule: dict) -> dict:
     converted = {"ID": rule["Id"], "Status": rule["Status"], "Filter": selection}
     if "ExpirationInDays" in rule:
         converted["Expiration"] = {"Days": int(rule["ExpirationInDays"])}
+    if "AbortIncompleteMultipartUpload" in rule:
+        converted["AbortIncompleteMultipartUpload"] = {
+            "DaysAfterInitiation": int(rule["AbortIncompleteMultipartUpload"]
+                                       ["DaysAfterInitiation"])}
     return converted
 
 
@@ -368,7 +374,8 @@ def bootstrap(session: boto3.session.Session, settings: Settings,
     """
     resources = definition.render(settings, upload_origins=upload_origins)["Resources"]
     if visibility_timeout is not None:
-        resources[TRAINING_QUEUE]["Properties"]["VisibilityTimeout"] = visibility_timeout
+        for queue in (TRAINING_QUEUE, BATCH_QUEUE):
+            resources[queue]["Properties"]["VisibilityTimeout"] = visibility_timeout
     return apply(session, resources,
                  frozenset() if for_aws else frozenset(LEFT_OUT_ON_EMULATORS))
 

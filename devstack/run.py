@@ -168,6 +168,7 @@ def main() -> None:
         # The lease must end before the message comes back, or a redelivery
         # after a crash would find it still held.
         os.environ.setdefault("TRAINING_LEASE_SECONDS", str(max(1, args.visibility_timeout - 1)))
+        os.environ.setdefault("BATCH_LEASE_SECONDS", str(max(1, args.visibility_timeout - 1)))
         settings = Settings.from_env()
         # The dashboard, served by the API, sends upload forms to the emulator.
         origins = list(settings.upload_origins) or [f"http://{HOST}:{args.port}",
@@ -191,6 +192,12 @@ def main() -> None:
             lambda: child("devstack.sqs_runner", "--workers", str(args.workers)),
             consequence="A training it was running comes back after the queue's visibility "
                         f"timeout ({args.visibility_timeout} s)."))
+        supervisor.start(Child(
+            "The batch runner (devstack.sqs_runner --function run_batch)",
+            lambda: child("devstack.sqs_runner", "--function", "run_batch",
+                          "--workers", str(args.workers)),
+            consequence="A batch it was running resumes from its last part after the "
+                        f"queue's visibility timeout ({args.visibility_timeout} s)."))
         # EventBridge's schedules (the sweep of expired models);
         # SCHEDULE_INTERVAL_SECONDS shortens them.
         supervisor.start(Child(

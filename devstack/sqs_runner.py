@@ -1,7 +1,8 @@
-"""The SQS event-source runner: what AWS's event source mapping does for the
-trainer Lambda, done locally (`chalice local` does not run SQS handlers).
+"""The SQS event-source runner: what AWS's event source mapping does for an
+SQS-triggered Lambda (the trainer, or run_batch with --function run_batch),
+done locally (`chalice local` does not run SQS handlers).
 
-It long-polls the training queue, builds the event AWS would send and invokes
+It long-polls the function's queue, builds the event AWS would send and invokes
 the function in an execution environment (devstack.lambda_env: a worker
 process limited to the function's memory and timeout from
 .chalice/config.json, kept warm between messages). It deletes the message on
@@ -19,8 +20,8 @@ Lambda only logs why an environment died (out of memory, timed out, killed);
 this runner also writes it into the model's item (ModelRegistry.
 record_lost_attempt), so a model whose last attempt died says why.
 
-    python -m devstack.sqs_runner [--stage dev] [--workers N]
-                                  [--memory-size MB] [--timeout SECONDS]
+    python -m devstack.sqs_runner [--stage dev] [--function {train_model,run_batch}]
+                                  [--workers N] [--memory-size MB] [--timeout SECONDS]
 """
 from __future__ import annotations
 
@@ -39,6 +40,9 @@ from devstack.lambda_env import Death, EnvironmentPool, FunctionSpec, Invocation
 
 FUNCTION = "train_model"
 HANDLER = "app.train_model"
+# The SQS-triggered functions of app.py: handler, and the setting naming its queue.
+FUNCTIONS = {"train_model": ("app.train_model", "queue"),
+             "run_batch": ("app.run_batch", "batch_queue")}
 
 
 class Function(Protocol):
@@ -176,13 +180,33 @@ def record_lost_training(registry) -> OnLost:
     return record
 
 
+def record_lost_batch(batches) -> OnLost:
+    """Writes why a batch run's environment died into the batch's item."""
+    from chalicelib.batches import BatchMessage
+
+    def record(message: dict, receive_count: int, death: Death) -> None:
+        batch_id = BatchMessage.from_json(message["Body"]).batch_id
+        if batches.record_lost_attempt(batch_id, receive_count, death.reason):
+            log("runner.lost_attempt_recorded", batch_id=batch_id,
+                receive_count=receive_count, reason=death.reason)
+
+    return record
+
+
 def trainer_spec(stage_name: str, memory_mb: int | None = None,
                  timeout_seconds: float | None = None) -> FunctionSpec:
     """The trainer as its stage deploys it, in this checkout, with this
     process's environment (the stage's variables, the emulator endpoint)."""
-    function = stage.lambda_function(FUNCTION, stage_name)
+    return function_spec(FUNCTION, stage_name, memory_mb, timeout_seconds)
+
+
+def function_spec(name: str, stage_name: str, memory_mb: int | None = None,
+                  timeout_seconds: float | None = None) -> FunctionSpec:
+    """An SQS-triggered function as its stage deploys it (memory and timeout
+    from .chalice/config.json), in this checkout, with this process's environment."""
+    function = stage.lambda_function(name, stage_name)
     return FunctionSpec(
-        name=function.name, handler=HANDLER, code_paths=(str(stage.PROJECT_DIR),),
+        name=function.name, handler=FUNCTIONS[name][0], code_paths=(str(stage.PROJECT_DIR),),
         memory_mb=memory_mb or function.memory_mb,
         timeout_seconds=timeout_seconds or function.timeout_seconds,
         environment=dict(os.environ), region=os.environ.get("AWS_DEFAULT_REGION", "us-east-1"))
@@ -202,36 +226,41 @@ def _queue_url(sqs, name: str, stop: threading.Event) -> str | None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="Feed SQS training messages to the trainer.")
+    parser = argparse.ArgumentParser(description="Feed SQS messages to an SQS-triggered "
+                                                 "function (the trainer by default).")
     parser.add_argument("--stage", default="dev")
+    parser.add_argument("--function", choices=sorted(FUNCTIONS), default=FUNCTION,
+                        help="the function and its queue (default: train_model)")
     parser.add_argument("--workers", type=int,
                         default=int(os.environ.get("RUNNER_WORKERS", os.cpu_count() or 1)),
                         help="messages processed at once, each in its own execution "
                              "environment, like an event source mapping's maximum "
                              "concurrency (default: the number of cores)")
     parser.add_argument("--memory-size", type=int, metavar="MB",
-                        help="the trainer's memory limit (default: its lambda_memory_size "
+                        help="the function's memory limit (default: its lambda_memory_size "
                              "in .chalice/config.json)")
     parser.add_argument("--timeout", type=float, metavar="SECONDS",
-                        help="the trainer's time limit (default: its lambda_timeout)")
+                        help="the function's time limit (default: its lambda_timeout)")
     args = parser.parse_args()
     stage.apply(args.stage)
 
     from chalicelib import components
 
-    spec = trainer_spec(args.stage, args.memory_size, args.timeout)
+    spec = function_spec(args.function, args.stage, args.memory_size, args.timeout)
     settings = Settings.from_env()
+    queue = getattr(settings, FUNCTIONS[args.function][1])
     sqs = aws.client("sqs")
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    queue_url = _queue_url(sqs, settings.queue, stop)
+    queue_url = _queue_url(sqs, queue, stop)
     if queue_url is None:
         return
     pool = EnvironmentPool(spec, args.workers)
-    runner = SqsEventSourceRunner(sqs, queue_url, pool,
-                                  on_lost=record_lost_training(components.registry()))
-    log("runner.started", queue=settings.queue, workers=args.workers, function=spec.name,
+    on_lost = (record_lost_batch(components.batch_table()) if args.function == "run_batch"
+               else record_lost_training(components.registry()))
+    runner = SqsEventSourceRunner(sqs, queue_url, pool, on_lost=on_lost)
+    log("runner.started", queue=queue, workers=args.workers, function=spec.name,
         memory_mb=spec.memory_mb, timeout_seconds=spec.timeout_seconds,
         endpoint=os.environ.get("AWS_ENDPOINT_URL", "AWS"))
     pollers = threading.Thread(target=runner.run, args=(stop, args.workers), daemon=True)
@@ -242,7 +271,7 @@ def main() -> None:
     # back after its visibility timeout), then let the pollers return.
     pool.close()
     pollers.join(timeout=10)
-    log("runner.stopped", queue=settings.queue)
+    log("runner.stopped", queue=queue)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from chalicelib import storage
+from chalicelib import batches, storage
 from chalicelib.config import Settings
 
 DEFINITION_PATH = Path(__file__).resolve().with_name("resources.json")
@@ -43,6 +43,13 @@ def variables(settings: Settings) -> dict[str, Any]:
         "UPLOAD_UNCLAIMED": storage.UNCLAIMED,
         "UNCLAIMED_UPLOAD_DAYS": storage.UNCLAIMED_UPLOAD_DAYS,
         "UPLOAD_ORIGINS": list(settings.upload_origins),
+        # Batch predictions (chalicelib.batches).
+        "BATCHES_TABLE": settings.batches_table,
+        "BATCHES_BY_MODEL_INDEX": batches.BY_MODEL_INDEX,
+        "BATCH_QUEUE": settings.batch_queue,
+        "BATCH_DLQ": settings.batch_dead_letter_queue,
+        "BATCHES_PREFIX": storage.BATCHES_PREFIX,
+        "BATCH_RETENTION_DAYS": storage.BATCH_RETENTION_DAYS,
     }
 
 

@@ -43,6 +43,11 @@ _S3_ACTIONS = {
     # Without s3:ListBucket a missing key answers 403 AccessDenied instead of
     # 404 NoSuchKey, and chalicelib.storage tells "no artifact" by NoSuchKey.
     "GetObject": ["s3:GetObject", "s3:ListBucket"],
+    # A multipart upload is PutObject's, but for its abort.
+    "CreateMultipartUpload": ["s3:PutObject"],
+    "UploadPart": ["s3:PutObject"],
+    "CompleteMultipartUpload": ["s3:PutObject"],
+    "AbortMultipartUpload": ["s3:AbortMultipartUpload"],
 }
 
 # Granted for Lambda's own use of a role, not for calls in the code: every

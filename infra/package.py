@@ -68,18 +68,20 @@ def merge_template(stage: str, project_dir: Path = PROJECT_DIR) -> dict:
     settings = stages.deployed_settings(stage)
     template = definition.render(settings,
                                  upload_origins=list(settings.upload_origins) or [API_ORIGIN])
-    trainer = to_cfn_resource_name(TRAINER)
-    # Chalice writes {"Fn::Sub": "arn:...:<queue name>"}; the merge is deep, so
-    # only the same key replaces it (a Fn::GetAtt would sit beside it).
-    event_source = {"Queue": {"Fn::Sub": "${TrainingQueue.Arn}"}}
-    reserved = _chalice_scope(project_dir, stage, TRAINER).reserved_concurrency
-    if reserved:
-        if reserved < 2:
-            raise PackageError(f"{TRAINER}'s reserved_concurrency is {reserved}; an SQS event "
-                               "source's MaximumConcurrency is at least 2")
-        event_source["ScalingConfig"] = {"MaximumConcurrency": reserved}
-    template["Resources"][trainer] = {"Properties": {"Events": {
-        f"{trainer}SqsEventSource": {"Properties": event_source}}}}
+    # Each SQS-triggered function takes its queue's ARN from the stack.
+    for function, queue in ((TRAINER, "TrainingQueue"), ("run_batch", "BatchQueue")):
+        resource = to_cfn_resource_name(function)
+        # Chalice writes {"Fn::Sub": "arn:...:<queue name>"}; the merge is deep, so
+        # only the same key replaces it (a Fn::GetAtt would sit beside it).
+        event_source = {"Queue": {"Fn::Sub": f"${{{queue}.Arn}}"}}
+        reserved = _chalice_scope(project_dir, stage, function).reserved_concurrency
+        if reserved:
+            if reserved < 2:
+                raise PackageError(f"{function}'s reserved_concurrency is {reserved}; an SQS "
+                                   "event source's MaximumConcurrency is at least 2")
+            event_source["ScalingConfig"] = {"MaximumConcurrency": reserved}
+        template["Resources"][resource] = {"Properties": {"Events": {
+            f"{resource}SqsEventSource": {"Properties": event_source}}}}
     if _chalice_scope(project_dir, stage, "api_handler").log_retention_in_days:
         # Chalice 1.34 names the API function APIHandler but refers to it as
         # ${ApiHandler} in that function's log group.

@@ -11,6 +11,7 @@ mlapi_cli.output (`visible`, `shown`) and CSV files through
 """
 from __future__ import annotations
 
+import codecs
 import contextlib
 import csv
 import hashlib
@@ -354,8 +355,12 @@ def _predict_batch(client: Client, model_id: str, rows: list[bytes]) -> list[tup
 @click.argument("rows", type=click.Path(exists=True, dir_okay=False, allow_dash=True))
 @click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Write the predictions here (default: stdout).")
+@click.option("--batch", "as_batch", is_flag=True,
+              help="Send ROWS (a file) as one batch: uploaded to the service's storage, "
+                   "predicted there whatever its size, the results downloaded. Writes "
+                   "row,label, then one probability column per class.")
 @pass_client
-def predict(client, model_id, rows, output):
+def predict(client, model_id, rows, output, as_batch):
     """Predict ROWS (CSV feature rows, '-' for stdin) with MODEL. Writes one CSV
     line per row: the label, then one probability per class."""
     status = client.status(model_id)
@@ -365,6 +370,10 @@ def predict(client, model_id, rows, output):
         raise CliError(f"model {model_id}: {FAILED}: {_one_line(str(status.get('error')))}",
                        EXIT_REJECTED)
     classes = status.get("classes") or []
+    if as_batch:
+        if rows == "-":
+            raise click.UsageError("--batch needs a file, not stdin")
+        return _predict_as_batch(client, model_id, Path(rows), output, classes)
     lines = _rows(None if rows == "-" else Path(rows))
     results = []
     for start, end in _batches(lines):
@@ -389,6 +398,74 @@ def predict(client, model_id, rows, output):
     else:
         output.write_text(buffer.getvalue())
         click.echo(f"wrote {len(results)} predictions to {visible(output)}", err=True)
+
+
+def _predict_as_batch(client: Client, model_id: str, path: Path, output: Path | None,
+                      classes: list) -> None:
+    """POST /uploads and the file to its form, POST /models/{id}/batches, the
+    progress from GET /batches/{id}'s rows_done, then the results' download."""
+    upload_id = _upload(client, path)
+    batch_id = client.request("POST", f"/models/{model_id}/batches", ok=(202,),
+                              json={"upload_id": upload_id}).json()["batch_id"]
+    click.echo(f"batch {visible(batch_id)}", err=True)
+    columns = [TextColumn("{task.description}", markup=False), BarColumn(), DownloadColumn(),
+               TimeRemainingColumn()]
+    with Progress(*columns, console=stderr, transient=True) as progress:
+        task = progress.add_task("queued", total=path.stat().st_size)
+        while True:
+            state = client.request("GET", f"/batches/{batch_id}").json()
+            progress.update(task, completed=state.get("bytes_done") or 0,
+                            description=f"{state.get('rows_done', 0):,} rows predicted")
+            if state.get("status") in ("Done", "Failed"):
+                break
+            time.sleep(POLL_INTERVAL)
+    if state["status"] == "Failed":
+        raise CliError(f"batch {batch_id} failed: {_one_line(str(state.get('error')))}",
+                       EXIT_REJECTED)
+    _download_results(client, state["result_url"], output, classes)
+    click.echo(f"{state['rows']:,} predictions"
+               + (f" written to {visible(output)}" if output else ""), err=True)
+
+
+def _text_lines(answer: requests.Response):
+    """The body's lines with their line breaks (csv joins a quoted field's lines)."""
+    pending, decoder = "", codecs.getincrementaldecoder("utf-8")()
+    for block in answer.iter_content(UPLOAD_CHUNK):
+        pending += decoder.decode(block)  # a character may straddle two blocks
+        *lines, pending = pending.split("\n")
+        yield from (line + "\n" for line in lines)
+    if pending:
+        yield pending
+
+
+def _download_results(client: Client, url: str, output: Path | None, classes: list) -> None:
+    """Streams the results CSV to `output` (or stdout). Its only text cells are
+    the model's classes: when one of them could run as a formula, every line is
+    rewritten with its label cell escaped; otherwise the bytes go as they are."""
+    unsafe = any(spreadsheet_cell(label) != label for label in classes if isinstance(label, str))
+    answer = client.request("GET", url, absolute=True, stream=True)
+    target = open(output, "wb") if output else sys.stdout.buffer
+    try:
+        if not unsafe:
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            for block in answer.iter_content(UPLOAD_CHUNK):
+                target.write(visible(decoder.decode(block)).encode() if target.isatty()
+                             else block)
+            return
+        text = io.TextIOWrapper(target, encoding="utf-8", newline="", write_through=True)
+        writer = csv.writer(text, lineterminator="\n")
+        for number, record in enumerate(csv.reader(_text_lines(answer))):
+            if number == 0:
+                writer.writerow([spreadsheet_cell(cell) for cell in record])
+            else:
+                writer.writerow([record[0], spreadsheet_cell(record[1]), *record[2:]])
+        text.detach()
+    finally:
+        answer.close()
+        if output:
+            target.close()
+        else:
+            target.flush()
 
 
 # --- status, list, delete, download -------------------------------------------------

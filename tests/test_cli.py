@@ -523,3 +523,42 @@ def test_delete_then_status_exits_3(api, model):
     assert result.returncode == 0, result.stderr
     assert run_cli(api, "status", model).returncode == 3
     assert run_cli(api, "delete", model).returncode == 3
+
+
+# --- predict --batch ----------------------------------------------------------------
+
+def test_predict_batch_equals_predict_row_for_row(api, model, tmp_path):
+    features = tmp_path / "rows.csv"
+    features.write_text("".join(",".join(row[:-1]) + "\n" for row in IRIS_ROWS) * 20)
+    batch, sync = tmp_path / "batch.csv", tmp_path / "sync.csv"
+    result = run_cli(api, "predict", model, str(features), "--batch", "--output", str(batch))
+    assert result.returncode == 0, result.stderr
+    assert f"{len(IRIS_ROWS) * 20:,} predictions written to" in result.stderr
+    assert run_cli(api, "predict", model, str(features), "--output", str(sync)).returncode == 0
+    header, *rows = list(csv.reader(io.StringIO(batch.read_text(), newline="")))
+    assert header == ["row", "label", "setosa", "versicolor", "virginica"]
+    expected = list(csv.reader(io.StringIO(sync.read_text(), newline="")))[1:]
+    assert [row[0] for row in rows] == [str(n) for n in range(1, len(expected) + 1)]
+    assert [[row[1], *map(float, row[2:])] for row in rows] == \
+        [[row[0], *map(float, row[1:])] for row in expected]
+
+
+def test_predict_batch_with_a_bad_row_exits_4_naming_it(api, model, tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("6.9,3.1,5.1,2.3\n6.9,3.1,five,2.3\n")
+    result = run_cli(api, "predict", model, str(bad), "--batch")
+    assert result.returncode == 4, (result.stdout, result.stderr)
+    assert "row 2, column 3: 'five' is not a number" in result.stderr
+    assert result.stdout == ""
+
+
+def test_predict_batch_escapes_formula_labels(stack, hostile_model, tmp_path):
+    output = tmp_path / "out.csv"
+    result = run_cli(stack.api, "predict", hostile_model,
+                     str(_hostile_rows(tmp_path / "rows.csv")), "--batch", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    header, *rows = list(csv.reader(io.StringIO(output.read_text(), newline="")))
+    assert [row[1] for row in rows] == ["'" + HOSTILE_LABELS[0], "'@SUM(1+1)", "'-2+3", "[/x]",
+                                        "\x1b]0;pwned\x07\x1b[2Jred", "\x9b31mc1", "\u202eevil",
+                                        "-1.5"]
+    assert header[:2] == ["row", "label"] and "'@SUM(1+1)" in header

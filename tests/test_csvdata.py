@@ -210,3 +210,39 @@ def test_an_unclosed_quote_costs_one_pass_per_piece(monkeypatch):
     # Not a speed target: a guard against scanning the piece again per line
     # (quadratic: hours here), with a bound far above the linear seconds.
     assert time.perf_counter() - started < 60
+
+
+# --- stream_features: batch predictions' reader -------------------------------------
+
+from chalicelib import csvdata as _csvdata  # noqa: E402  (the module, to patch)
+
+
+@pytest.mark.parametrize("body", [
+    b"1,2\n3,x\n", b"1,2\n3\n", b"1,2\n\n3,\n", b'1,2\n"3,4\n', b"1,2\n1e999,2\n",
+    b"\xff\xfe1,2\n", b"1,2\x00\n", b"", b"\n \n", b"1,2\n3,4,5\n", b"a,b\n1,2\n"])
+def test_stream_features_refuses_what_parse_features_refuses_with_the_same_words(body):
+    with pytest.raises(CsvError) as whole:
+        parse_features(body, 2)
+    with pytest.raises(CsvError) as streamed:
+        list(_csvdata.stream_features(body, 2))
+    assert str(streamed.value) == str(whole.value)
+
+
+def test_stream_features_numbers_rows_by_line_and_resumes_at_a_piece(monkeypatch):
+    monkeypatch.setattr(_csvdata, "CHUNK_BYTES", 64)
+    lines = [f"{i}.5,{i * 2}\n" if i % 7 else "\n" for i in range(1, 200)]
+    lines[10] = '"11.5",22\n'  # quoted: that piece goes through the csv module
+    body = "".join(lines).encode()
+    chunks = list(_csvdata.stream_features(body, 2))
+    assert len(chunks) > 5
+    rows = np.concatenate([chunk.rows for chunk in chunks])
+    assert rows.tolist() == [i for i in range(1, 200) if i % 7]
+    features = np.concatenate([chunk.features for chunk in chunks])
+    assert np.array_equal(features, parse_features(body, 2))
+    # Resumed where the third piece starts: the same rows, numbered alike.
+    start = chunks[1]
+    resumed = list(_csvdata.stream_features(body[start.end:], 2, line=start.next_line,
+                                            offset=start.end))
+    assert np.concatenate([c.rows for c in resumed]).tolist() == \
+        np.concatenate([c.rows for c in chunks[2:]]).tolist()
+    assert [c.end for c in resumed] == [c.end for c in chunks[2:]]

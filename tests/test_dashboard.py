@@ -552,3 +552,47 @@ def test_hostile_labels_are_text_saved_csv_is_safe_and_downloads_are_checked(
            f"labels shown with visible escapes; {sum(c[0].startswith(chr(39)) for c in saved)} "
            "formula cells saved with an apostrophe, -1.5 as a number; the genuine pickle saved "
            "after its SHA-256 check, the replaced one refused with nothing saved")
+
+
+@pytest.mark.e2e
+def test_a_large_prediction_file_goes_as_a_batch(browser, keyed_stack, tmp_path):
+    """A file of rows larger than one request: the page uploads it through the
+    presigned form, submits a batch, shows its progress, then links to the
+    results, which match the API's predictions row for row."""
+    import csv as csv_module
+    import io
+
+    import requests
+    from selenium.webdriver.common.by import By
+
+    stack = keyed_stack
+    headers = {"X-Api-Key": API_KEYS[0]}
+    created = stack.http.post(f"{stack.api}/models", data=IRIS.read_bytes(),
+                              headers={**headers, "Content-Type": "text/csv"}).json()
+    model_id = created["model_id"]
+    assert stack.wait_for_training(model_id, headers=headers)["status"] == "Ready to Use"
+    rows = [",".join(line.split(",")[:3]) for line in two_class_lines(7 * 1024 * 1024, seed=13)]
+    rows = [row + ",0.2" for row in rows]  # iris has 4 features
+    big = tmp_path / "rows.csv"
+    big.write_text("\n".join(rows) + "\n")
+    _log_in(browser, stack)
+    _wait(browser, lambda b: b.find_elements(By.CSS_SELECTOR,
+                                             f'#models li[data-model-id="{model_id}"]'),
+          "the model in the list")
+    # The list redraws itself: click again until the model's form shows.
+    _wait(browser, lambda b: b.find_element(
+        By.CSS_SELECTOR, f'#models li[data-model-id="{model_id}"]').click() or
+        b.find_element(By.ID, "predict").is_displayed(), "the predict form")
+    browser.find_element(By.ID, "csv-file").send_keys(str(big))
+    browser.find_element(By.ID, "csv-button").click()
+    _wait(browser, lambda b: b.find_element(By.ID, "batch-results").is_displayed(),
+          "the batch's results link", timeout=180)
+    assert _text(browser, "predict-message").startswith(f"{len(rows):,} rows predicted")
+    link = browser.find_element(By.ID, "batch-results").get_attribute("href")
+    table = list(csv_module.reader(io.StringIO(requests.get(link, timeout=60).text)))
+    assert table[0] == ["row", "label", "setosa", "versicolor", "virginica"]
+    assert len(table) == len(rows) + 1
+    expected = stack.http.post(f"{stack.api}/models/{model_id}", data="\n".join(rows[:1000]) + "\n",
+                               headers={**headers, "Content-Type": "text/csv"}).json()
+    assert [line[1] for line in table[1:1001]] == expected["predictions"]
+    assert not browser.find_element(By.ID, "results").is_displayed()

@@ -951,7 +951,7 @@ def test_make_run_restarts_a_dead_trainer_and_api_server(processes, tmp_path):
     # The trainer dies mid-training (the runner, and with it its worker).
     _wait_for(lambda: _events(stack.log, event="training.started", model_id=model_id), 60,
               "training to start", stack.output, interval=0.02)
-    [runner] = _children(run_pid, "devstack.sqs_runner")
+    [runner] = _children(run_pid, "devstack.sqs_runner --workers")  # the trainer's, not run_batch's
     [worker] = _children(runner, "lambda_env.py")
     os.kill(runner, signal.SIGKILL)
     # The API answers all along; the model says "training" until the redelivery trains it.
@@ -971,7 +971,7 @@ def test_make_run_restarts_a_dead_trainer_and_api_server(processes, tmp_path):
                         r"SIGKILL \(signal 9\)\. A training it was running comes back after")
     restarted = _said(stack, r"The trainer \(devstack.sqs_runner\) started again, pid (\d+)")
     assert died and restarted, stack.output()
-    [new_runner] = _children(run_pid, "devstack.sqs_runner")
+    [new_runner] = _children(run_pid, "devstack.sqs_runner --workers")  # the trainer's, not run_batch's
     assert int(restarted.group(1)) == new_runner != runner
     started = _events(stack.log, event="training.started", model_id=model_id)
     assert [entry["receive_count"] for entry in started] == [1, 2], started

@@ -868,3 +868,54 @@ def test_labels_too_long_for_the_registry_fail_the_model_instead_of_crashing(sta
     _check_answer(response, TRAINING_CSV_REQUIRED)
     if response.status_code == 201:
         _check_trained(stack.client, response.json_body, body)
+
+
+# ---------------------------------------------------------------------------
+# Batch predictions: POST /models/{model_id}/batches takes the same hostile
+# CSV as predict (a posted body is checked at once, with the batch's parser);
+# /batches/{batch_id} takes hostile ids.
+
+
+@_profile(40)
+@given(pick=predict_cases(), content_type=content_types())
+def test_batch_submission_answers_hostile_csv_without_5xx(stack, pick, content_type):
+    index, case = pick
+    model = stack.models[index]
+    note(f"model {model} faults={case.faults} exotic={case.exotic} rows={case.rows}")
+    response = _request(stack.client, "POST", f"/models/{model.model_id}/batches",
+                        content_type.headers, case.body)
+    _check_answer(response, PREDICT_REFUSAL_PREFIX)
+    if content_type.kind == "other":
+        assert response.status_code in (400, 415), _show(response)
+        return
+    if content_type.kind == "csv" and case.faults:
+        _assert_415_with_reason(response, PREDICT_CSV_REQUIRED)
+    if content_type.kind == "csv" and case.clean:
+        assert response.status_code == 202, _show(response)
+    assert response.status_code in (202, 400, 413, 415), _show(response)
+    if response.status_code == 202:
+        assert set(response.json_body) == {"batch_id", "status", "model_id"}
+
+
+@_profile(40)
+@given(index=st.integers(0, 2), body=random_bodies, content_type=content_types(csv_share=5))
+def test_batch_submission_answers_random_bytes_without_5xx(stack, index, body, content_type):
+    model = stack.models[index]
+    response = _request(stack.client, "POST", f"/models/{model.model_id}/batches",
+                        content_type.headers, body)
+    _check_answer(response, PREDICT_REFUSAL_PREFIX)
+    assert response.status_code in (202, 400, 413, 415), _show(response)
+
+
+@_profile(40)
+@given(data=st.data(), method=st.sampled_from(["GET", "DELETE", "GET", "POST", "PUT"]),
+       encoding=st.sampled_from(["raw", "encoded"]))
+def test_hostile_batch_ids_answer_4xx(stack, data, method, encoding):
+    batch_id = data.draw(st.one_of(hostile_ids(stack.models),
+                                   st.just("batch_" + "0" * 24), st.just("batch_" + "g" * 24)))
+    segment = batch_id if encoding == "raw" else urllib.parse.quote(batch_id, safe="")
+    response = _request(stack.client, method, "/batches/" + segment, {}, b"")
+    assert 400 <= response.status_code < 500, _show(response)
+    if method in ("GET", "DELETE") and encoding == "encoded" and response.status_code == 404:
+        assert response.body.decode() == ("The batch id you supplied doesn't exist (or the "
+                                          "batch was deleted)."), _show(response)

@@ -282,9 +282,12 @@ def test_merge_template_wires_the_event_source_to_the_stacks_queue():
         {"Fn::Sub": "https://${RestAPI}.execute-api.${AWS::Region}.${AWS::URLSuffix}"}]
     assert template["Resources"]["ModelsBucketPolicy"]["Properties"]["PolicyDocument"][
         "Statement"][0]["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
-    [rule] = template["Resources"]["ModelsBucket"]["Properties"]["LifecycleConfiguration"][
-        "Rules"]
+    rule, batch_rule = template["Resources"]["ModelsBucket"]["Properties"][
+        "LifecycleConfiguration"]["Rules"]
     assert (rule["Prefix"], rule["ExpirationInDays"]) == ("uploads/", 1)
+    assert batch_rule["Prefix"] == "batches/"
+    assert template["Resources"]["RunBatch"]["Properties"]["Events"]["RunBatchSqsEventSource"][
+        "Properties"]["Queue"] == {"Fn::Sub": "${BatchQueue.Arn}"}
 
 
 def test_package_scopes_each_roles_policy_to_the_stacks_account_and_region(tmp_path):

@@ -100,8 +100,8 @@ def test_abandoned_uploads_expire_and_claimed_ones_stay(aws):
     from chalicelib import components, storage
 
     bucket = definition.load()["Resources"]["ModelsBucket"]["Properties"]
-    [rule] = definition.render(stage.deployed_settings("dev"))["Resources"]["ModelsBucket"][
-        "Properties"]["LifecycleConfiguration"]["Rules"]
+    rule, batch_rule = definition.render(stage.deployed_settings("dev"))["Resources"][
+        "ModelsBucket"]["Properties"]["LifecycleConfiguration"]["Rules"]
     assert "{{" in str(bucket["LifecycleConfiguration"])  # the names come from chalicelib
     assert rule == {"Id": "abandoned-uploads", "Status": "Enabled",
                     "Prefix": storage.UPLOADS_PREFIX,
@@ -112,11 +112,21 @@ def test_abandoned_uploads_expire_and_claimed_ones_stay(aws):
         in form["fields"]["tagging"]
     assert form["fields"]["key"].startswith(rule["Prefix"])
     # bootstrap (the `aws` fixture ran it) applies it as the S3 API has it.
-    [applied] = aws.client("s3").get_bucket_lifecycle_configuration(
+    applied, batch_applied = aws.client("s3").get_bucket_lifecycle_configuration(
         Bucket=components.settings().bucket)["Rules"]
     assert applied == {"ID": "abandoned-uploads", "Status": "Enabled", "Expiration": {"Days": 1},
                        "Filter": {"And": {"Prefix": "uploads/", "Tags": [
                            {"Key": storage.UPLOAD_STATE_TAG, "Value": storage.UNCLAIMED}]}}}
+    # Batch inputs and results go after BATCH_RETENTION_DAYS (their items' TTL
+    # too); a multipart upload a dead run left unfinished, after a day.
+    assert batch_rule == {"Id": "batch-inputs-and-results", "Status": "Enabled",
+                          "Prefix": storage.BATCHES_PREFIX,
+                          "ExpirationInDays": storage.BATCH_RETENTION_DAYS,
+                          "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
+    assert batch_applied == {"ID": "batch-inputs-and-results", "Status": "Enabled",
+                             "Expiration": {"Days": storage.BATCH_RETENTION_DAYS},
+                             "Filter": {"Prefix": "batches/"},
+                             "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": 1}}
 
 
 def test_the_upload_cors_origin_is_the_stages(monkeypatch):
@@ -139,7 +149,7 @@ def test_unknown_placeholder_is_named(tmp_path):
     path.write_text(json.dumps({"Resources": {"Q": {"Type": "AWS::SQS::Queue", "Properties": {
         "QueueName": "x-{{NOPE}}"}}}}))
     with pytest.raises(DefinitionError, match=r"Q.Properties.QueueName: unknown placeholder "
-                                              r"\{\{NOPE\}\}; known: MODELS_BUCKET"):
+                                              r"\{\{NOPE\}\}; known: .*MODELS_BUCKET"):
         definition.render(stage.deployed_settings("dev"), path)
 
 
@@ -177,11 +187,12 @@ def test_chalice_wires_the_trainer_to_the_stages_own_queue(stage_name):
         app = factory.create_config_obj(chalice_stage_name={stage_name!r}).chalice_app
         print(*[source.queue for source in app.event_sources if hasattr(source, "queue")])
     """)
-    env = {**os.environ, "TRAINING_QUEUE": "from-the-shell"}
+    env = {**os.environ, "TRAINING_QUEUE": "from-the-shell", "BATCH_QUEUE": "from-the-shell"}
     result = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True,
                             text=True, cwd=stage.PROJECT_DIR, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == [stage.stage_environment(stage_name)["TRAINING_QUEUE"]]
+    assert result.stdout.split() == [stage.stage_environment(stage_name)["TRAINING_QUEUE"],
+                                     stage.stage_environment(stage_name)["BATCH_QUEUE"]]
 
 
 # --- bootstrap, in-process moto ---------------------------------------------------
@@ -211,8 +222,9 @@ def test_bootstrap_creates_everything_as_defined(moto_session):
     [cors] = s3.get_bucket_cors(Bucket=settings.bucket)["CORSRules"]
     assert cors == {"ID": "dashboard-uploads", "AllowedMethods": ["POST", "GET"],
                     "AllowedOrigins": ["https://ml.example.com"], "MaxAgeSeconds": 3600}
-    [rule] = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
+    rule, batch_rule = s3.get_bucket_lifecycle_configuration(Bucket=settings.bucket)["Rules"]
     assert rule["ID"] == "abandoned-uploads" and rule["Expiration"] == {"Days": 1}
+    assert batch_rule["ID"] == "batch-inputs-and-results"
     # For AWS, the TLS-only policy too (moto stores it; it would refuse object requests).
     [deny] = json.loads(s3.get_bucket_policy(Bucket=settings.bucket)["Policy"])["Statement"]
     assert deny["Condition"] == {"Bool": {"aws:SecureTransport": "false"}}
@@ -230,6 +242,13 @@ def test_bootstrap_creates_everything_as_defined(moto_session):
     assert int(redrive["maxReceiveCount"]) == 3
     assert _queue_attributes(moto_session, settings.dead_letter_queue)[
         "MessageRetentionPeriod"] == "1209600"
+    batch_queue = _queue_attributes(moto_session, settings.batch_queue)
+    assert batch_queue["VisibilityTimeout"] == "5400"
+    assert json.loads(batch_queue["RedrivePolicy"])["deadLetterTargetArn"] == \
+        done["BatchDeadLetterQueue"]["Arn"]
+    batches_table = dynamodb.describe_table(TableName=settings.batches_table)["Table"]
+    assert [index["IndexName"] for index in batches_table["GlobalSecondaryIndexes"]] == [
+        "by_model"]
 
 
 def test_bootstrap_is_idempotent_and_brings_drift_back_in_line(moto_session):
@@ -241,7 +260,7 @@ def test_bootstrap_is_idempotent_and_brings_drift_back_in_line(moto_session):
     bootstrap.bootstrap(moto_session, settings)
     assert _queue_attributes(moto_session, settings.queue)["VisibilityTimeout"] == "5400"
     assert moto_session.client("s3").get_public_access_block(Bucket=settings.bucket)
-    assert len(moto_session.client("sqs").list_queues()["QueueUrls"]) == 2
+    assert len(moto_session.client("sqs").list_queues()["QueueUrls"]) == 4
 
 
 def test_bootstrap_refuses_what_it_cannot_apply(moto_session):
@@ -273,12 +292,12 @@ def test_teardown_keeps_the_data_unless_asked(moto_session):
     bootstrap.bootstrap(moto_session, settings)
     s3 = moto_session.client("s3")
     s3.put_object(Bucket=settings.bucket, Key="models/m/model.pkl", Body=b"x")
-    assert bootstrap.teardown(moto_session, settings) == ["TrainingQueue",
-                                                          "TrainingDeadLetterQueue"]
+    assert bootstrap.teardown(moto_session, settings) == [
+        "BatchQueue", "BatchDeadLetterQueue", "TrainingQueue", "TrainingDeadLetterQueue"]
     assert moto_session.client("sqs").list_queues().get("QueueUrls", []) == []
     assert s3.head_bucket(Bucket=settings.bucket)
     assert bootstrap.teardown(moto_session, settings, including_data=True) == [
-        "ModelsTable", "ModelsBucket"]
+        "BatchesTable", "ModelsTable", "ModelsBucket"]
     assert s3.list_buckets()["Buckets"] == []
     assert moto_session.client("dynamodb").list_tables()["TableNames"] == []
     assert bootstrap.teardown(moto_session, settings, including_data=True) == []

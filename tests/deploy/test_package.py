@@ -129,18 +129,24 @@ def test_template_wires_layer_queue_and_settings(built):
     assert event["Queue"] == {"Fn::Sub": "${TrainingQueue.Arn}"}
     assert event["ScalingConfig"] == {"MaximumConcurrency": reserved}
     assert event["BatchSize"] == 1
-    for name in ("ModelsBucket", "ModelsTable", "TrainingQueue", "TrainingDeadLetterQueue"):
+    runner = resources["RunBatch"]["Properties"]
+    assert (runner["MemorySize"], runner["Timeout"]) == (512, 900)
+    event = runner["Events"]["RunBatchSqsEventSource"]["Properties"]
+    assert event["Queue"] == {"Fn::Sub": "${BatchQueue.Arn}"}
+    assert event["ScalingConfig"] == {"MaximumConcurrency": runner["ReservedConcurrentExecutions"]}
+    for name in ("ModelsBucket", "ModelsTable", "TrainingQueue", "TrainingDeadLetterQueue",
+                 "BatchesTable", "BatchQueue", "BatchDeadLetterQueue"):
         assert name in resources
     assert resources["TrainingQueue"]["Properties"]["QueueName"] == "ml-api-prod-training"
     # A role per function, each with its own policy, scoped to the stack's
     # account and region through Fn::Sub.
     roles = {name: r["Properties"] for name, r in resources.items()
              if r["Type"] == "AWS::IAM::Role"}
-    assert sorted(roles) == ["ApiHandlerRole", "ApiKeyAuthorizerRole", "SweepExpiredRole",
-                             "TrainModelRole"]
+    assert sorted(roles) == ["ApiHandlerRole", "ApiKeyAuthorizerRole", "RunBatchRole",
+                             "SweepExpiredRole", "TrainModelRole"]
     for function, resource in (("api_handler", "APIHandler"), ("train_model", "TrainModel"),
                                ("api_key_authorizer", "ApiKeyAuthorizer"),
-                               ("sweep_expired", "SweepExpired")):
+                               ("sweep_expired", "SweepExpired"), ("run_batch", "RunBatch")):
         role = resources[resource]["Properties"]["Role"]
         assert role == {"Fn::GetAtt": [f"{to_cfn_resource_name(function)}Role", "Arn"]}
         [policy] = roles[f"{to_cfn_resource_name(function)}Role"]["Policies"]
@@ -163,7 +169,7 @@ def test_template_wires_layer_queue_and_settings(built):
     groups = [r["Properties"] for r in resources.values() if r["Type"] == "AWS::Logs::LogGroup"]
     assert sorted(g["LogGroupName"]["Fn::Sub"] for g in groups) == [
         "/aws/lambda/${APIHandler}", "/aws/lambda/${ApiKeyAuthorizer}",
-        "/aws/lambda/${SweepExpired}", "/aws/lambda/${TrainModel}"]
+        "/aws/lambda/${RunBatch}", "/aws/lambda/${SweepExpired}", "/aws/lambda/${TrainModel}"]
     # The sweep of expired models, on EventBridge's schedule.
     sweep = resources["SweepExpired"]["Properties"]
     assert (sweep["MemorySize"], sweep["Timeout"], sweep["Layers"]) == (256, 300, [FAKE_LAYER])

@@ -31,7 +31,7 @@ from chalice.test import Client
 from moto import mock_aws
 from moto.iam.access_control import IAMPolicy, PermissionResult
 
-from chalicelib import aws, components, storage
+from chalicelib import aws, batches, components, storage
 from chalicelib.config import Settings
 from chalicelib.registry import ModelRegistry
 from devstack import bootstrap, stage
@@ -233,6 +233,60 @@ def _policy_drive(recorder: Recorder, session) -> dict:
     assert "url" in api("GET", f"/models/{iris}/artifact", headers=headers).json_body
     assert api("GET", "/models", headers=headers).status_code == 200
 
+    # Batches. A posted one, run to Done a part per invocation (each hands off
+    # to a continuation message), its status with the results' link, then
+    # deleted; one from an upload with a bad row (Failed), removed with its
+    # model below; one whose item is deleted just as it completes.
+    features = b"".join(line.rsplit(b",", 1)[0] + b"\n" for line in IRIS.splitlines() if line)
+
+    def run_batches():
+        said = []
+        url = sqs.get_queue_url(QueueName=settings.batch_queue)["QueueUrl"]
+        while True:
+            messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10).get(
+                "Messages", [])
+            if not messages:
+                return said
+            for message in messages:
+                event = client.events.generate_sqs_event(queue_name=settings.batch_queue,
+                                                         message_bodies=[message["Body"]])
+                with recorder.acting_as("run_batch"):
+                    said.append(client.lambda_.invoke("run_batch", event).payload)
+                sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
+
+    def batch(model, **kwargs):
+        return api("POST", f"/models/{model}/batches", **kwargs).json_body["batch_id"]
+
+    sqs = session.client("sqs")
+    posted = batch(iris, headers=csv, body=features * 20)
+    upload = api("POST", "/uploads", headers=headers).json_body
+    s3.put_object(Bucket=settings.bucket, Key=upload["fields"]["key"],
+                  Body=features + b"1,2,x,4\n", Tagging=f"{storage.UPLOAD_STATE_TAG}=claimed")
+    bad = batch(uploaded, headers=as_json,
+                body=json.dumps({"upload_id": upload["upload_id"]}).encode())
+    vanishing = batch(iris, headers=csv, body=features)
+    real_finish = batches.BatchTable.finish
+
+    def deleted_meanwhile(self, batch_id, *args, **kwargs):
+        if batch_id == vanishing:  # as a DELETE /batches/{id} at that moment would
+            session.client("dynamodb").delete_item(TableName=settings.batches_table,
+                                                   Key={"batch_id": {"S": vanishing}})
+            s3.delete_object(Bucket=settings.bucket, Key=storage.batch_input_key(vanishing))
+        return real_finish(self, batch_id, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("chalicelib.csvdata.CHUNK_BYTES", 1024)
+        patch.setattr(batches, "MIN_PART_BYTES", 1)
+        patch.setattr(batches, "HANDOFF_SECONDS", 10**6)  # every part hands off
+        patch.setattr("moto.s3.models.S3_UPLOAD_PART_MIN_SIZE", 1)
+        patch.setattr(batches.BatchTable, "finish", deleted_meanwhile)
+        seen["batch_runs"] = len(run_batches())
+    seen["batches"] = [api("GET", f"/batches/{one}", headers=headers).json_body["status"]
+                       for one in (posted, bad)]
+    assert api("GET", f"/batches/{vanishing}", headers=headers).status_code == 404
+    assert "result_url" in api("GET", f"/batches/{posted}", headers=headers).json_body
+    assert api("DELETE", f"/batches/{posted}", headers=headers).status_code == 204
+
     # Expiry. A model deleted while it trains: the trainer removes what it wrote.
     # A DELETE of an expired model finishes the job. The sweep removes another
     # expired model, a dataset whose item is gone, and an upload no model names.
@@ -253,6 +307,19 @@ def _policy_drive(recorder: Recorder, session) -> dict:
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ModelRegistry, "mark_ready", deleted_meanwhile)
         seen["expiry_trained"] = len(train_queued())
+    # A batch of the model the sweep removes, stopped part-way (its parts are dropped).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr("chalicelib.csvdata.CHUNK_BYTES", 1024)
+        patch.setattr(batches, "MIN_PART_BYTES", 1)
+        patch.setattr(batches, "HANDOFF_SECONDS", 10**6)
+        batch(swept, headers=csv, body=features * 5)
+        url = sqs.get_queue_url(QueueName=settings.batch_queue)["QueueUrl"]
+        [message] = sqs.receive_message(QueueUrl=url).get("Messages", [])
+        event = client.events.generate_sqs_event(queue_name=settings.batch_queue,
+                                                 message_bodies=[message["Body"]])
+        with recorder.acting_as("run_batch"):
+            client.lambda_.invoke("run_batch", event)
+        sqs.delete_message(QueueUrl=url, ReceiptHandle=message["ReceiptHandle"])
     for model in (short, swept):
         expire(model)
     seen["expired_delete"] = api("DELETE", f"/models/{short}", headers=headers).status_code
@@ -262,6 +329,7 @@ def _policy_drive(recorder: Recorder, session) -> dict:
         client.lambda_.invoke("sweep_expired", client.events.generate_cw_event(
             source="aws.events", detail_type="Scheduled Event", detail={},
             resources=[f"arn:aws:events:{REGION}:{ACCOUNT}:rule/sweep"], region=REGION))
+    seen["batch_of_a_swept_model"] = run_batches()  # its continuation finds no batch
     seen["expired_left"] = sorted(
         entry["Key"] for entry in s3.list_objects_v2(Bucket=settings.bucket).get("Contents", [])
         if any(name in entry["Key"] for name in (short, swept, doomed, "model_orphaned",
@@ -272,7 +340,6 @@ def _policy_drive(recorder: Recorder, session) -> dict:
         assert api("DELETE", f"/models/{model}", headers=headers).status_code == 204
 
     # A submission that fails after storing its dataset is undone.
-    sqs = session.client("sqs")
     queue_url = sqs.get_queue_url(QueueName=settings.queue)["QueueUrl"]
     attributes = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["All"])
     sqs.delete_queue(QueueUrl=queue_url)
@@ -280,7 +347,8 @@ def _policy_drive(recorder: Recorder, session) -> dict:
     sqs.create_queue(QueueName=settings.queue, Attributes={
         name: value for name, value in attributes["Attributes"].items()
         if name in ("VisibilityTimeout", "RedrivePolicy")})
-    left = s3.list_objects_v2(Bucket=settings.bucket).get("KeyCount", 0)
+    left = [entry["Key"] for entry in s3.list_objects_v2(Bucket=settings.bucket).get(
+        "Contents", [])]
     seen["objects_left"] = left
     return seen
 
@@ -307,6 +375,7 @@ def drive():
         for name, value in environment.items():
             patch.setenv(name, value)
         patch.setattr(aws, "client", recording_client)
+        patch.setattr(aws, "slow_client", recording_client)
         components.reset()
         session = boto3.session.Session()
         bootstrap.bootstrap(session, Settings.from_env(), visibility_timeout=30)
@@ -333,8 +402,10 @@ def test_the_run_went_through_every_path(drive):
     assert seen["authorizer"] == "Allow"
     assert seen["trained"] == 3
     assert seen["statuses"] == ["Ready to Use", "Ready to Use", "Training Failed"]
-    assert seen["undone"] == 503 and seen["objects_left"] == 0
+    assert seen["undone"] == 503 and seen["objects_left"] == []
     assert seen["expiry_trained"] == 3 and seen["expired_delete"] == 204
+    assert seen["batches"] == ["Done", "Failed"] and seen["batch_runs"] > 4
+    assert seen["batch_of_a_swept_model"] == [None]
     assert seen["expired_left"] == []
     assert {request.function for request in requests} == set(_app_functions())
 
@@ -359,7 +430,9 @@ def test_each_function_is_allowed_every_request_it_makes(drive):
     record("Security: AWS rules", "IAM, per function",
            "ran each Lambda function through every path that reaches AWS (submit, upload form, "
            "claim, train, predict, link, list, delete, undone submission, authorizer, expired "
-           "DELETE, the expiry sweep, a model deleted while it trained) and "
+           "DELETE, the expiry sweep, a model deleted while it trained; batches submitted, "
+           "run in parts with continuations, failed on a bad row, deleted alone, with their "
+           "model and by the sweep) and "
            "checked each request, presigned ones and run-time keys included, against that "
            "function's own policy",
            len(requests), f"{len(requests) - len(denied)} allowed, {len(denied)} denied; "
@@ -427,8 +500,10 @@ _ARN = re.compile(r"arn:(?P<partition>[^:]+):(?P<service>[^:]+):(?P<region>[^:]*
 def test_arns_name_the_account_region_and_the_stages_own_resources(stage_name):
     settings = stage.deployed_settings(stage_name)
     env = stage.stage_environment(stage_name)
-    names = {"s3": settings.bucket, "dynamodb": f"table/{settings.table}",
-             "sqs": settings.queue, "ssm": f"parameter/ml-api/{stage_name}/",
+    names = {"s3": settings.bucket,
+             "dynamodb": (f"table/{settings.table}", f"table/{settings.batches_table}"),
+             "sqs": (settings.queue, settings.batch_queue),
+             "ssm": f"parameter/ml-api/{stage_name}/",
              "logs": f"log-group:/aws/lambda/ml-api-{stage_name}"}
     checked = 0
     for function, document in policies.render(stage_name, account="111122223333",
@@ -442,7 +517,10 @@ def test_arns_name_the_account_region_and_the_stages_own_resources(stage_name):
                 assert (arn["region"], arn["account"]) == ("", "")
             else:
                 assert (arn["region"], arn["account"]) == ("eu-west-3", "111122223333"), resource
-            assert arn["resource"].startswith(names[service]), (function, sid, resource)
+            own = names[service] if isinstance(names[service], tuple) else (names[service],)
+            assert arn["resource"].startswith(own), (function, sid, resource)
+            if service == "sqs":
+                assert arn["resource"] in own, (function, sid, resource)
             if service == "logs":
                 group = "/aws/lambda/" + policies.function_name(stage_name, function)
                 assert arn["resource"] in (f"log-group:{group}", f"log-group:{group}:*")
