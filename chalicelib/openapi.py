@@ -514,6 +514,16 @@ _SCHEMAS.update({
         },
     },
 })
+# What a client does next with the batch it queued (and how schemathesis'
+# stateful phase reaches a batch that exists).
+_BATCH_LINKS = {
+    name: {"operationId": operation_id, "parameters": {"batch_id": "$response.body#/batch_id"},
+           "description": description}
+    for name, operation_id, description in [
+        ("GetBatch", "getBatch", "Poll until Done or Failed."),
+        ("DeleteBatch", "deleteBatch", "Remove the batch and its results."),
+    ]
+}
 _BATCH_ID_PARAMETER = {"name": "batch_id", "in": "path", "required": True,
                        "schema": {"type": "string"}}
 _PATHS.update({
@@ -527,12 +537,12 @@ _PATHS.update({
                 "description": "Feature rows as CSV (no header, no label; checked at once), "
                                "or the id of a file sent to the form of POST /uploads as "
                                "JSON (checked as it is read: a bad row fails the batch).",
-                "content": {"text/csv": {"schema": {"type": "string"},
-                                         "example": "6.9,3.1,5.1,2.3\n"},
+                "content": {"text/csv": {"schema": _CSV_TEXT, "example": "6.9,3.1,5.1,2.3\n"},
                             "application/json": {"schema": _schema("UploadReference")}},
             },
             "responses": {
-                "202": _json("Queued; poll GET /batches/{batch_id}.", _schema("BatchQueued")),
+                "202": {**_json("Queued; poll GET /batches/{batch_id}.", _schema("BatchQueued")),
+                        "links": _BATCH_LINKS},
                 "400": _text("The upload_id was not handed out by POST /uploads, or nothing "
                              "was sent to its form."),
                 "404": _response("NotFound"),
