@@ -83,11 +83,15 @@ def dev_signing_key() -> str:
     path = PROJECT_DIR / ".devstack" / "signing.key"
     if not path.exists():
         path.parent.mkdir(exist_ok=True)
-        # Exclusive create: of two processes starting at once, one writes it.
+        # Written whole under a name of its own, then linked into place: of two
+        # processes starting at once, one key wins and neither reads a half-written one.
+        draft = path.with_name(f"signing.key.{os.getpid()}")
+        with os.fdopen(os.open(draft, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.write(secrets.token_hex(32))
         try:
-            with open(path, "x") as new:
-                new.write(secrets.token_hex(32))
-            path.chmod(0o600)
+            os.link(draft, path)
         except FileExistsError:
             pass
+        finally:
+            draft.unlink()
     return path.read_text().strip()

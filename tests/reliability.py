@@ -45,13 +45,15 @@ When the file is written (at the end of the session):
 
 Otherwise RELIABILITY.md is left as it is, and the terminal summary says why.
 Rows are sorted by area, then scenario; rows with the same area and scenario
-keep the order in which they were recorded. Runs under pytest-xdist write
-nothing (the rows live in the worker processes).
+keep the order in which they were recorded. Under pytest-xdist each worker
+hands its rows and what it collected to the controller when it finishes
+(``workeroutput``), and the controller, which sees every test's report,
+decides and writes.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pytest
@@ -241,7 +243,14 @@ def pytest_runtest_logreport(report):
 
 def pytest_sessionfinish(session, exitstatus):
     if hasattr(session.config, "workerinput"):
-        return  # an xdist worker: the controller decides, and has no rows
+        # An xdist worker: its rows and what it collected go to the controller.
+        session.config.workeroutput["reliability"] = {
+            "rows": {test: [asdict(row) for row in test_rows]
+                     for test, test_rows in _collector.rows.items()},
+            "faults_tests": sorted(_collector.faults_tests),
+            "faults_left_out": _collector.faults_left_out,
+        }
+        return
     # A failed teardown comes after the call passed.
     _collector.passed -= _collector.failed
     reason = _why_not()
@@ -253,6 +262,20 @@ def pytest_sessionfinish(session, exitstatus):
     temporary.write_text(render(report_rows))
     temporary.replace(REPORT_PATH)
     _collector.outcome = f"RELIABILITY.md written: {len(report_rows)} rows"
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node, error):
+    """pytest-xdist's controller: a worker finished; take its rows. Every worker
+    collects the whole run, so the faults tests are the same in each."""
+    output = getattr(node, "workeroutput", {}).get("reliability")
+    if output is None:
+        return
+    for test, test_rows in output["rows"].items():
+        _collector.rows.setdefault(test, []).extend(Row(**row) for row in test_rows)
+    _collector.faults_tests.update(output["faults_tests"])
+    _collector.faults_left_out.extend(name for name in output["faults_left_out"]
+                                      if name not in _collector.faults_left_out)
 
 
 def pytest_terminal_summary(terminalreporter):

@@ -517,14 +517,6 @@ def test_download_checks_the_sha256_before_writing(stack, model, tmp_path):
            f"genuine {len(blob):,} bytes then written after their SHA-256 matched")
 
 
-def test_delete_then_status_exits_3(api, model):
-    # runs last in this module: the shared model is gone afterwards
-    result = run_cli(api, "delete", model)
-    assert result.returncode == 0, result.stderr
-    assert run_cli(api, "status", model).returncode == 3
-    assert run_cli(api, "delete", model).returncode == 3
-
-
 # --- predict --batch ----------------------------------------------------------------
 
 def test_predict_batch_equals_predict_row_for_row(api, model, tmp_path):
@@ -562,3 +554,11 @@ def test_predict_batch_escapes_formula_labels(stack, hostile_model, tmp_path):
                                         "\x1b]0;pwned\x07\x1b[2Jred", "\x9b31mc1", "\u202eevil",
                                         "-1.5"]
     assert header[:2] == ["row", "label"] and "'@SUM(1+1)" in header
+
+
+def test_delete_then_status_exits_3(api, model):
+    # runs last in this module: the shared model is gone afterwards
+    result = run_cli(api, "delete", model)
+    assert result.returncode == 0, result.stderr
+    assert run_cli(api, "status", model).returncode == 3
+    assert run_cli(api, "delete", model).returncode == 3
