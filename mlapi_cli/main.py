@@ -371,8 +371,10 @@ def predict(client, model_id, rows, output, as_batch):
                        EXIT_REJECTED)
     classes = status.get("classes") or []
     if as_batch:
-        if rows == "-":
-            raise click.UsageError("--batch needs a file, not stdin")
+        if rows == "-" or not Path(rows).is_file():
+            # The upload form is signed for the file's size, so it must be known first.
+            raise click.UsageError(f"--batch needs a regular file (its size goes into the "
+                                   f"upload form), not {'stdin' if rows == '-' else 'a pipe'}")
         return _predict_as_batch(client, model_id, Path(rows), output, classes)
     lines = _rows(None if rows == "-" else Path(rows))
     results = []

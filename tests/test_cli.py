@@ -544,6 +544,18 @@ def test_predict_batch_with_a_bad_row_exits_4_naming_it(api, model, tmp_path):
     assert result.stdout == ""
 
 
+def test_predict_batch_refuses_stdin_and_pipes_with_a_usage_error(api, model, tmp_path):
+    # The upload form is signed for the file's size: a pipe has none (it used
+    # to end in an OSError traceback from the form encoder).
+    pipe = tmp_path / "rows"
+    os.mkfifo(pipe)
+    for rows in (str(pipe), "-"):
+        result = run_cli(api, "predict", model, rows, "--batch")
+        assert result.returncode == 2, (result.stdout, result.stderr)
+        assert "--batch needs a regular file" in result.stderr
+        assert "Traceback" not in result.stderr
+
+
 def test_predict_batch_escapes_formula_labels(stack, hostile_model, tmp_path):
     output = tmp_path / "out.csv"
     result = run_cli(stack.api, "predict", hostile_model,
