@@ -5,8 +5,9 @@ Generated model ids are random strings: nearly every request would meet a 404.
 So a share of the generated ids name real models, one in every state (ready,
 failed, training), given as JSON in MODELS_VARIABLE; DELETE gets a model of its
 own, so that the others stay for the operations that follow. And a share of
-the well-formed (positive) predictions send rows of the ready model's width, so
-that predictions (202) are checked too, not only refusals.
+the well-formed (positive) predictions send rows of the ready model's width, to
+the ready model or the training one, so that predictions (202) and the
+training answer (200) are checked too, not only refusals.
 """
 from __future__ import annotations
 
@@ -38,13 +39,14 @@ def _rows(width: int):
                              max_size=width), min_size=1, max_size=5)
 
 
-def _with_rows(case, rows):
+def _with_rows(case, target):
     # Only where no link chose the model (the stateful phase follows them) and
     # only for well-formed cases (a malformed one must stay malformed).
     fuzzing = case.meta is not None and case.meta.phase.name == TestPhase.FUZZING
-    if rows is not None and fuzzing and case.meta.generation.mode.is_positive \
+    if target is not None and fuzzing and case.meta.generation.mode.is_positive \
             and case.media_type in ("text/csv", "application/json"):
-        case.path_parameters = {"model_id": _MODELS["ready"]}
+        state, rows = target
+        case.path_parameters = {"model_id": _MODELS[state]}
         case.body = ({"instances": rows} if case.media_type == "application/json" else
                      "".join(",".join(map(repr, row)) + "\n" for row in rows))
     return case
@@ -52,12 +54,16 @@ def _with_rows(case, rows):
 
 @schemathesis.hook
 def before_generate_case(context, strategy):
-    """For predictions, a share of the well-formed cases send rows to the ready model."""
+    """For predictions, a share of the well-formed cases send rows of the ready
+    model's width to the ready model (202) or to the training one ("Model is
+    Training" 200, which only a well-formed body gets): each run must reach both,
+    whatever else it generates."""
     if "ready" not in _MODELS or context.operation.path != "/models/{model_id}" \
             or context.operation.method.upper() not in ("GET", "POST"):
         return strategy
-    rows = st.none() | _rows(_MODELS["n_features"])
-    return st.tuples(strategy, rows).map(lambda pair: _with_rows(*pair))
+    states = [state for state in ("ready", "training") if state in _MODELS]
+    target = st.none() | st.tuples(st.sampled_from(states), _rows(_MODELS["n_features"]))
+    return st.tuples(strategy, target).map(lambda pair: _with_rows(*pair))
 
 
 @schemathesis.hook

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -74,6 +75,20 @@ def _wait_until_gone(stack: Stack, ids: list[str]) -> float:
     return time.monotonic() - started
 
 
+def _wait_for_sweeps(log_path: Path, count: int) -> None:
+    """Until the scheduler logging to log_path has finished `count` sweeps."""
+    started = time.monotonic()
+    def finished() -> int:
+        text = log_path.read_text()
+        return len(_sweep_events(text[:text.rfind("\n") + 1], "sweep.done"))  # whole lines
+
+    while finished() < count:
+        if time.monotonic() - started > SWEEP_TIMEOUT:
+            pytest.fail(f"the second scheduler did not finish {count} sweeps within "
+                        f"{SWEEP_TIMEOUT} s:\n{tail(log_path)}", pytrace=False)
+        time.sleep(0.1)
+
+
 def _sweep_events(text: str, event: str) -> list[dict]:
     found = []
     for line in text.splitlines():
@@ -113,7 +128,9 @@ def test_sweeps_race_each_other_and_deletes_without_harm(stack, tmp_path):
         second = subprocess.Popen([sys.executable, "-m", "devstack.scheduler"], cwd=REPO,
                                   env=env, stdout=output, stderr=subprocess.STDOUT)
     try:
-        time.sleep(1)  # both schedulers are sweeping
+        # Both schedulers are sweeping (the second has started and swept twice:
+        # how long its start takes depends on the machine's load, not on us).
+        _wait_for_sweeps(log_path, 2)
         for model_id in ids:
             _expire(stack, model_id)
         with ThreadPoolExecutor(4) as pool:  # DELETEs of half of them, meanwhile
@@ -121,7 +138,8 @@ def test_sweeps_race_each_other_and_deletes_without_harm(stack, tmp_path):
                 lambda m: stack.http.delete(f"{stack.api}/models/{m}", timeout=30).status_code,
                 ids[::2]))
         seconds = _wait_until_gone(stack, ids)
-        time.sleep(1.5)  # a few more sweeps by both, with nothing left to do
+        # a few more sweeps by the second, with nothing left to do
+        _wait_for_sweeps(log_path, len(_sweep_events(log_path.read_text(), "sweep.done")) + 3)
     finally:
         stop_process(second)
     assert second.returncode == 0, tail(log_path)
