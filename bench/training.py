@@ -342,7 +342,7 @@ def count_aws_calls() -> list[str]:
     the runner's receive, the trainer, the runner's delete. In process, on the
     emulator the harness started, through the same code."""
     from chalicelib import aws, components
-    from devstack.sqs_runner import SqsEventSourceRunner
+    from devstack.sqs_runner import InProcess, SqsEventSourceRunner
     from bench.stack import test_client
 
     import app
@@ -358,7 +358,7 @@ def count_aws_calls() -> list[str]:
         client.http.post("/models", headers=dict(CSV_HEADERS), body=IRIS_PATH.read_bytes())
     sqs = aws.client("sqs")
     queue_url = sqs.get_queue_url(QueueName=components.settings().queue)["QueueUrl"]
-    runner = SqsEventSourceRunner(sqs, queue_url, app.train_model, function_name="bench")
+    runner = SqsEventSourceRunner(sqs, queue_url, InProcess(app.train_model))
     while runner.poll_once():  # the first training: clients built, imports done
         pass
     calls.clear()  # what warm containers make: from the POST on

@@ -51,6 +51,28 @@ class Function(Protocol):
     def invoke(self, event: Any, request_id: str | None = None) -> Invocation: ...
 
 
+class InProcess:
+    """A Function that calls the handler in this process, with no limits: for
+    moto's in-process mocks (a worker process could not see them) and for
+    counting a handler's AWS calls (bench). `make run` uses real environments."""
+
+    def __init__(self, handler, name: str = "ml-api-dev-train_model"):
+        self._handler = handler
+        self._name = name
+
+    def invoke(self, event: Any, request_id: str | None = None) -> Invocation:
+        from chalice.local import LambdaContext
+
+        context = LambdaContext(self._name, 3008, 900_000)
+        try:
+            payload = self._handler(event, context)
+        except Exception as error:
+            return Invocation(request_id or "in-process",
+                              error={"errorType": type(error).__name__,
+                                     "errorMessage": str(error)})
+        return Invocation(request_id or "in-process", payload=payload)
+
+
 # Called when an invocation's environment died: (message, receive count, death).
 OnLost = Callable[[dict, int, Death], None]
 

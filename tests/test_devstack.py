@@ -8,27 +8,7 @@ import pytest
 
 from chalicelib import components
 from devstack import bootstrap, stage
-from devstack.lambda_env import Invocation
-from devstack.sqs_runner import SqsEventSourceRunner
-
-
-class InProcess:
-    """Calls a handler in this process, for moto's in-process mocks (a worker
-    process could not see them); devstack.lambda_env's tests run real workers."""
-
-    def __init__(self, handler):
-        self._handler = handler
-
-    def invoke(self, event, request_id=None):
-        from chalice.local import LambdaContext
-
-        context = LambdaContext("ml-api-dev-train_model", 3008, 900_000)
-        try:
-            payload = self._handler(event, context)
-        except Exception as error:
-            return Invocation("in-process", error={"errorType": type(error).__name__,
-                                                   "errorMessage": str(error)})
-        return Invocation("in-process", payload=payload)
+from devstack.sqs_runner import InProcess, SqsEventSourceRunner
 
 
 def test_bootstrap_is_idempotent_and_wires_the_dead_letter_queue(aws):
