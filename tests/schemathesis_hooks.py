@@ -55,13 +55,13 @@ def _with_rows(case, target):
 @schemathesis.hook
 def before_generate_case(context, strategy):
     """For predictions, a share of the well-formed cases send rows of the ready
-    model's width to the ready model (202) or to the training one ("Model is
-    Training" 200, which only a well-formed body gets): each run must reach both,
-    whatever else it generates."""
+    model's width to the ready model (202), the training one ("Model is Training"
+    200) or the failed one (409): only a well-formed body gets those answers, and
+    each run must reach all three, whatever else it generates."""
     if "ready" not in _MODELS or context.operation.path != "/models/{model_id}" \
             or context.operation.method.upper() not in ("GET", "POST"):
         return strategy
-    states = [state for state in ("ready", "training") if state in _MODELS]
+    states = [state for state in ("ready", "training", "failed") if state in _MODELS]
     target = st.none() | st.tuples(st.sampled_from(states), _rows(_MODELS["n_features"]))
     return st.tuples(strategy, target).map(lambda pair: _with_rows(*pair))
 
