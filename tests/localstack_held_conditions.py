@@ -8,35 +8,10 @@ serializes them as DynamoDB does.
     .venv-localstack/bin/python tests/localstack_held_conditions.py
 """
 import runpy
-import time
 
-from moto.dynamodb import models
+from held_conditions import hold_conditions  # run as a file: tests/ is on the path
 
-HOLD_SECONDS = 0.05
-_parser = models.create_condition_expression_parser
-
-
-def _held_parser(*args, **kwargs):
-    parser = _parser(*args, **kwargs)
-    parse = parser.parse
-
-    def held_parse():
-        condition = parse()
-        evaluate = condition.expr
-
-        def held(item):
-            result = evaluate(item)
-            time.sleep(HOLD_SECONDS)  # between the check and the write
-            return result
-
-        condition.expr = held
-        return condition
-
-    parser.parse = held_parse
-    return parser
-
-
-models.create_condition_expression_parser = _held_parser
+hold_conditions()
 
 if __name__ == "__main__":
     runpy.run_module("localstack.runtime.main", run_name="__main__")
